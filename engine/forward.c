@@ -1,0 +1,644 @@
+/*
+ * The DeepSeek-V4 forward pass (V4-MODEL.md §4), FP32 activations.
+ *
+ * Layer-major over a chunk of n tokens: each projection runs once over the
+ * whole chunk (the shape batched kernels want), while everything with a
+ * causal dependency (window ring, compressor states, attention) walks the
+ * chunk token by token.  Every output element is computed the same way
+ * whatever n is, so chunked prefill, whole prefill and decode agree.
+ *
+ * Quantisers emulated exactly (§4.11b): FP8 e4m3 fake-quant of the window and
+ * compressed KV on the non-rope dims (64-blocks); Hadamard + FP4 e2m1
+ * fake-quant (32-blocks) of the indexer queries and keys.  Activations are
+ * not quantised before the matmuls; weights are dequantised inside them.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats.h"
+#include "seq.h"
+#include "util.h"
+
+struct dsv4_ctx {
+    const dsv4_model   *m;
+    const dsv4_backend *be;
+    int                 max_chunk;
+    int                 max_ctx;
+    /* activations; n = chunk length */
+    float *x;          /* [n, hc*D] residual streams */
+    float *post;       /* [n, hc] mHC post weights */
+    float *comb;       /* [n, hc*hc] mHC combination matrices */
+    float *mix;        /* [n, (2+hc)*hc] mHC mixes */
+    float *a;          /* [n, D] block input after the norm */
+    float *qr;         /* [n, R_q] query latent */
+    float *q;          /* [n, H*hd] queries */
+    float *kv;         /* [n, hd] window K=V */
+    float *o;          /* [n, H*hd] attention output */
+    float *olow;       /* [n, G*R_o] grouped low-rank output */
+    float *y;          /* [n, D] attention / FFN output */
+    float *ck, *cz;    /* [n, 2*hd] compressor kv / score inputs */
+    float *ik, *iz;    /* [n, 2*di] indexer compressor inputs */
+    float *iq;         /* [n, Hi*di] indexer queries */
+    float *iw;         /* [n, Hi] indexer head weights */
+    float *glog;       /* [n, E] gate logits */
+    float *h1, *h3;    /* [n, I] expert hidden */
+    float *ey;         /* [n, D] expert output */
+    float *tmp;        /* [hc*D] copy of one token's streams for HC_POST */
+    float *head_in;    /* [D] */
+    float *mtp_x;      /* [hc*D] MTP block streams */
+    float *mtp_e;      /* [D] */
+    float *mtp_h;      /* [hc*D] */
+    const float **keys;       /* [W + max entries] attention key pointers */
+    float        *scores;     /* [W + max entries, or max_ctx/4] */
+    int          *topk;       /* [index_topk] */
+    const float **pool_kv;    /* [2*max ratio] compressor slots */
+    const float **pool_sc;
+    int          *sel;        /* [k] */
+    float        *selw;       /* [k] */
+};
+
+/* ---- mHC (§4.3) -------------------------------------------------------- */
+
+static float
+dsv4_sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+/* 1/RMS over the hc*D values of each token's streams, applied to mix rows. */
+static void
+dsv4_hc_mix(dsv4_ctx *c, const dsv4_mat *fn, const float *x, int n, float *mix)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                hcd = cfg->hc_mult * cfg->dim;
+
+    c->be->matmul(fn, 0, fn->rows, x, hcd, n, mix, fn->rows);
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t) i * hcd;
+        float        ss = 0.0f;
+        for (int k = 0; k < hcd; k++) {
+            ss += xi[k] * xi[k];
+        }
+        float r = 1.0f / sqrtf(ss / (float) hcd + cfg->norm_eps);
+        for (int k = 0; k < fn->rows; k++) {
+            mix[(size_t) i * fn->rows + k] *= r;
+        }
+    }
+}
+
+/* HC_PRE for n tokens: a = sum_s pre[s] X[s]; post and Sinkhorn'd comb saved. */
+static void
+dsv4_hc_pre(dsv4_ctx *c, const dsv4_mat *fn, const float *scale, const float *base,
+            const float *x, int n)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                hc = cfg->hc_mult, D = cfg->dim, nmix = (2 + hc) * hc;
+
+    dsv4_hc_mix(c, fn, x, n, c->mix);
+    for (int i = 0; i < n; i++) {
+        const float *mix = c->mix + (size_t) i * nmix, *xi = x + (size_t) i * hc * D;
+        float       *post = c->post + (size_t) i * hc, *comb = c->comb + (size_t) i * hc * hc;
+        float       *ai = c->a + (size_t) i * D;
+
+        memset(ai, 0, (size_t) D * sizeof(float));
+        for (int s = 0; s < hc; s++) {
+            float pre = dsv4_sigmoid(mix[s] * scale[0] + base[s]) + cfg->hc_eps;
+            post[s] = 2.0f * dsv4_sigmoid(mix[hc + s] * scale[1] + base[hc + s]);
+            for (int d = 0; d < D; d++) {
+                ai[d] += pre * xi[(size_t) s * D + d];
+            }
+        }
+        for (int k = 0; k < hc * hc; k++) {
+            comb[k] = mix[2 * hc + k] * scale[2] + base[2 * hc + k];
+        }
+        c->be->sinkhorn(comb, hc, cfg->hc_sinkhorn_iters, cfg->hc_eps);
+    }
+}
+
+/* HC_POST: X[k] = post[k] o + sum_j comb[j][k] X_old[j] (sum over the FIRST index). */
+static void
+dsv4_hc_post(dsv4_ctx *c, float *x, const float *o, int n)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                hc = cfg->hc_mult, D = cfg->dim;
+
+    for (int i = 0; i < n; i++) {
+        float       *xi = x + (size_t) i * hc * D;
+        const float *oi = o + (size_t) i * D;
+        const float *post = c->post + (size_t) i * hc, *comb = c->comb + (size_t) i * hc * hc;
+
+        memcpy(c->tmp, xi, (size_t) hc * D * sizeof(float));
+        for (int k = 0; k < hc; k++) {
+            for (int d = 0; d < D; d++) {
+                float acc = post[k] * oi[d];
+                for (int j = 0; j < hc; j++) {
+                    acc += comb[j * hc + k] * c->tmp[(size_t) j * D + d];
+                }
+                xi[(size_t) k * D + d] = acc;
+            }
+        }
+    }
+}
+
+/* HC_HEAD + final norm + head: logits [vocab] of one token's streams. */
+static void
+dsv4_head(dsv4_ctx *c, const float *xi, const dsv4_mat *fn, const float *scale,
+          const float *base, const float *norm, float *logits)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                hc = cfg->hc_mult, D = cfg->dim;
+
+    dsv4_hc_mix(c, fn, xi, 1, c->mix);
+    memset(c->head_in, 0, (size_t) D * sizeof(float));
+    for (int s = 0; s < hc; s++) {
+        float pre = dsv4_sigmoid(c->mix[s] * scale[0] + base[s]) + cfg->hc_eps;
+        for (int d = 0; d < D; d++) {
+            c->head_in[d] += pre * xi[(size_t) s * D + d];
+        }
+    }
+    c->be->rmsnorm(c->head_in, c->head_in, norm, D, cfg->norm_eps);
+    c->be->matmul(&c->m->head, 0, cfg->vocab_size, c->head_in, D, 1, logits, cfg->vocab_size);
+}
+
+/* ---- compressor (§4.6) ------------------------------------------------- */
+
+/* Pushes token t's kv/score rows [c*d] into the state; when t closes a block,
+ * pools entry j = t / m into out[d] and returns 1. */
+static int
+dsv4_cmp_push(dsv4_ctx *c, dsv4_cmp_state *cs, int ratio, int d, int t,
+              const float *kv, const float *score, float *out)
+{
+    int    overlap = ratio == 4, w = (overlap ? 2 : 1) * d;
+    int    row = (overlap ? ratio : 0) + t % ratio, nslots = 0;
+    size_t rowbytes = (size_t) w * sizeof(float);
+
+    memcpy(cs->kv + (size_t) row * w, kv, rowbytes);
+    memcpy(cs->score + (size_t) row * w, score, rowbytes);
+    if ((t + 1) % ratio != 0) {
+        return 0;
+    }
+    if (overlap) {
+        /* previous block's first half, then this block's second half */
+        for (int r = 0; r < ratio; r++, nslots++) {
+            c->pool_kv[nslots] = cs->kv + (size_t) r * w;
+            c->pool_sc[nslots] = cs->score + (size_t) r * w;
+        }
+        for (int r = ratio; r < 2 * ratio; r++, nslots++) {
+            c->pool_kv[nslots] = cs->kv + (size_t) r * w + d;
+            c->pool_sc[nslots] = cs->score + (size_t) r * w + d;
+        }
+    } else {
+        for (int r = 0; r < ratio; r++, nslots++) {
+            c->pool_kv[nslots] = cs->kv + (size_t) r * w;
+            c->pool_sc[nslots] = cs->score + (size_t) r * w;
+        }
+    }
+    c->be->compress_pool(c->pool_kv, c->pool_sc, nslots, d, out);
+    if (overlap) {
+        memcpy(cs->kv, cs->kv + (size_t) ratio * w, (size_t) ratio * rowbytes);
+        memcpy(cs->score, cs->score + (size_t) ratio * w, (size_t) ratio * rowbytes);
+    }
+    return 1;
+}
+
+/* Runs a compressor over the chunk's block inputs; appends finished entries
+ * (normalised, rotated to their block start, then quantised) to dst. */
+static void
+dsv4_compress_chunk(dsv4_ctx *c, const dsv4_compressor_w *cw, dsv4_cmp_state *cs, int ratio,
+                    int pos0, int n, float *kbuf, float *zbuf, float *dst, int *ndst, int indexer)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                d = cw->d, w = cw->c * d, rd = cfg->rope_dim;
+
+    c->be->matmul(&cw->wkv, 0, w, c->a, cfg->dim, n, kbuf, w);
+    c->be->matmul(&cw->wgate, 0, w, c->a, cfg->dim, n, zbuf, w);
+    for (int i = 0; i < n; i++) {
+        int    t = pos0 + i;
+        float *zi = zbuf + (size_t) i * w, *out = dst + (size_t) *ndst * d;
+        const float *ape = cw->ape + (size_t) (t % ratio) * w;
+
+        for (int k = 0; k < w; k++) {
+            zi[k] += ape[k];
+        }
+        if (!dsv4_cmp_push(c, cs, ratio, d, t, kbuf + (size_t) i * w, zi, out)) {
+            continue;
+        }
+        c->be->rmsnorm(out, out, cw->norm, d, cfg->norm_eps);
+        c->be->rope(out + d - rd, rd / 2, *ndst * ratio, c->m->freqs_comp, 1);
+        if (indexer) {
+            c->be->hadamard(out, d);
+            c->be->fake_quant_fp4(out, d, 32);
+        } else {
+            c->be->fake_quant_fp8(out, d - rd, 64);
+        }
+        (*ndst)++;
+    }
+}
+
+/* ---- attention (§4.5, §4.7) -------------------------------------------- */
+
+/* Indices of the k largest scores[0..n) (ties: lower index first) into out. */
+static int
+dsv4_topk(const float *scores, int n, int k, int *out)
+{
+    int m = 0;
+
+    for (int j = 0; j < n; j++) {
+        if (m == k && !(scores[j] > scores[out[m - 1]])) {
+            continue;
+        }
+        int p = m < k ? m++ : m - 1;
+        while (p > 0 && scores[j] > scores[out[p - 1]]) {
+            out[p] = out[p - 1];
+            p--;
+        }
+        out[p] = j;
+    }
+    return m;
+}
+
+static void
+dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int pos0, int n)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    const dsv4_attn_w *aw = &lw->attn;
+    int   D = cfg->dim, H = cfg->n_heads, hd = cfg->head_dim, rd = cfg->rope_dim;
+    int   Rq = cfg->q_lora_rank, G = cfg->o_groups, Ro = cfg->o_lora_rank, W = cfg->window;
+    int   Hi = cfg->index_n_heads, di = cfg->index_head_dim, ratio = lw->ratio;
+    const float *freqs = ratio > 0 ? c->m->freqs_comp : c->m->freqs_main;
+    const dsv4_backend *be = c->be;
+
+    /* queries */
+    be->matmul(&aw->wq_a, 0, Rq, c->a, D, n, c->qr, Rq);
+    for (int i = 0; i < n; i++) {
+        float *qri = c->qr + (size_t) i * Rq;
+        be->rmsnorm(qri, qri, aw->q_norm, Rq, cfg->norm_eps);
+    }
+    be->matmul(&aw->wq_b, 0, H * hd, c->qr, Rq, n, c->q, H * hd);
+    for (int i = 0; i < n; i++) {
+        for (int h = 0; h < H; h++) {
+            float *qh = c->q + ((size_t) i * H + h) * hd;
+            be->rmsnorm(qh, qh, NULL, hd, cfg->norm_eps);
+            be->rope(qh + hd - rd, rd / 2, pos0 + i, freqs, 1);
+        }
+    }
+    /* window K=V */
+    be->matmul(&aw->wkv, 0, hd, c->a, D, n, c->kv, hd);
+    for (int i = 0; i < n; i++) {
+        float *kvi = c->kv + (size_t) i * hd;
+        be->rmsnorm(kvi, kvi, aw->kv_norm, hd, cfg->norm_eps);
+        be->rope(kvi + hd - rd, rd / 2, pos0 + i, freqs, 1);
+        be->fake_quant_fp8(kvi, hd - rd, 64);
+    }
+    /* compressed history */
+    if (ratio > 0) {
+        dsv4_compress_chunk(c, &aw->cmp, &ls->cmp, ratio, pos0, n, c->ck, c->cz, ls->entries,
+                            &ls->n_entries, 0);
+    }
+    if (ratio == 4) {
+        be->matmul(&aw->idx_wq_b, 0, Hi * di, c->qr, Rq, n, c->iq, Hi * di);
+        for (int i = 0; i < n; i++) {
+            for (int h = 0; h < Hi; h++) {
+                float *qh = c->iq + ((size_t) i * Hi + h) * di;
+                be->rope(qh + di - rd, rd / 2, pos0 + i, freqs, 1);
+                be->hadamard(qh, di);
+                be->fake_quant_fp4(qh, di, 32);
+            }
+        }
+        be->matmul(&aw->idx_wproj, 0, Hi, c->a, D, n, c->iw, Hi);
+        float wscale = 1.0f / sqrtf((float) di) / sqrtf((float) Hi);
+        for (int k = 0; k < n * Hi; k++) {
+            c->iw[k] *= wscale;
+        }
+        dsv4_compress_chunk(c, &aw->idx_cmp, &ls->idx_cmp, 4, pos0, n, c->ik, c->iz,
+                            ls->idx_keys, &ls->n_idx_keys, 1);
+    }
+    /* sparse attention, token by token (the ring is overwritten as we go) */
+    float scale = 1.0f / sqrtf((float) hd);
+    for (int i = 0; i < n; i++) {
+        int p = pos0 + i, nk = 0;
+
+        memcpy(ls->ring + (size_t) (p % W) * hd, c->kv + (size_t) i * hd,
+               (size_t) hd * sizeof(float));
+        for (int t = p - W + 1 < 0 ? 0 : p - W + 1; t <= p; t++) {
+            c->keys[nk++] = ls->ring + (size_t) (t % W) * hd;
+        }
+        if (ratio == 4) {
+            int nvalid = (p + 1) / 4;
+            be->indexer_scores(c->iq + (size_t) i * Hi * di, c->iw + (size_t) i * Hi, Hi, di,
+                               ls->idx_keys, nvalid, c->scores);
+            int nsel = dsv4_topk(c->scores, nvalid, cfg->index_topk, c->topk);
+            for (int s = 0; s < nsel; s++) {
+                c->keys[nk++] = ls->entries + (size_t) c->topk[s] * hd;
+            }
+        } else if (ratio > 0) {
+            for (int j = 0; j < (p + 1) / ratio; j++) {
+                c->keys[nk++] = ls->entries + (size_t) j * hd;
+            }
+        }
+        float *oi = c->o + (size_t) i * H * hd;
+        be->attention(c->q + (size_t) i * H * hd, H, hd, c->keys, nk, scale, aw->attn_sink,
+                      c->scores, oi);
+        for (int h = 0; h < H; h++) {
+            be->rope(oi + (size_t) h * hd + hd - rd, rd / 2, p, freqs, -1);
+        }
+    }
+    /* grouped low-rank output projection: group g sees only its heads */
+    int gin = H * hd / G;
+    for (int g = 0; g < G; g++) {
+        be->matmul(&aw->wo_a, g * Ro, (g + 1) * Ro, c->o + (size_t) g * gin, H * hd, n,
+                   c->olow + (size_t) g * Ro, G * Ro);
+    }
+    be->matmul(&aw->wo_b, 0, D, c->olow, G * Ro, n, c->y, D);
+}
+
+/* ---- MoE (§4.8) -------------------------------------------------------- */
+
+/* SwiGLU with the clamp, in place into g: silu(min(g, L)) * clamp(u, -L, L) * w. */
+static void
+dsv4_swiglu(float *g, const float *u, int n, float limit, float w)
+{
+    for (int k = 0; k < n; k++) {
+        float gk = g[k], uk = u[k];
+        if (limit > 0) {
+            gk = fminf(gk, limit);
+            uk = fminf(fmaxf(uk, -limit), limit);
+        }
+        g[k] = gk * dsv4_sigmoid(gk) * uk * w;
+    }
+}
+
+static void
+dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw, const int32_t *tokens, int n)
+{
+    const dsv4_config  *cfg = &c->m->cfg;
+    const dsv4_moe_w   *f = &lw->ffn;
+    const dsv4_backend *be = c->be;
+    int D = cfg->dim, I = cfg->moe_inter_dim, E = cfg->n_routed_experts, k = cfg->n_active_experts;
+
+    /* shared expert over the whole chunk */
+    be->matmul(&f->shared.w1, 0, I, c->a, D, n, c->h1, I);
+    be->matmul(&f->shared.w3, 0, I, c->a, D, n, c->h3, I);
+    for (int i = 0; i < n; i++) {
+        dsv4_swiglu(c->h1 + (size_t) i * I, c->h3 + (size_t) i * I, I, cfg->swiglu_limit, 1.0f);
+    }
+    be->matmul(&f->shared.w2, 0, D, c->h1, I, n, c->y, D);
+
+    be->matmul(&f->gate, 0, E, c->a, D, n, c->glog, E);
+    for (int i = 0; i < n; i++) {
+        float *s = c->glog + (size_t) i * E, sum = 0.0f;
+        for (int e = 0; e < E; e++) {
+            float x = s[e];          /* sqrt(softplus(x)), softplus computed stably */
+            s[e] = sqrtf(fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))));
+        }
+        if (lw->hash) {
+            memcpy(c->sel, f->tid2eid + (size_t) tokens[i] * k, (size_t) k * sizeof(int));
+        } else {
+            /* the bias steers selection only; weights use the original scores */
+            for (int e = 0; e < E; e++) {
+                c->scores[e] = s[e] + f->gate_bias[e];
+            }
+            dsv4_topk(c->scores, E, k, c->sel);
+        }
+        for (int j = 0; j < k; j++) {
+            sum += s[c->sel[j]];
+        }
+        for (int j = 0; j < k; j++) {
+            c->selw[j] = s[c->sel[j]] / sum * cfg->route_scale;
+        }
+        const float *ai = c->a + (size_t) i * D;
+        float       *yi = c->y + (size_t) i * D;
+        for (int j = 0; j < k; j++) {
+            const dsv4_expert_w *x = &f->experts[c->sel[j]];
+            be->matmul(&x->w1, 0, I, ai, D, 1, c->h1, I);
+            be->matmul(&x->w3, 0, I, ai, D, 1, c->h3, I);
+            dsv4_swiglu(c->h1, c->h3, I, cfg->swiglu_limit, c->selw[j]);
+            be->matmul(&x->w2, 0, D, c->h1, I, 1, c->ey, D);
+            for (int d = 0; d < D; d++) {
+                yi[d] += c->ey[d];
+            }
+        }
+    }
+}
+
+/* ---- block and model --------------------------------------------------- */
+
+static void
+dsv4_block(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, float *x,
+           const int32_t *tokens, int pos0, int n)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                D = cfg->dim;
+
+    dsv4_hc_pre(c, &lw->hc_attn_fn, lw->hc_attn_scale, lw->hc_attn_base, x, n);
+    for (int i = 0; i < n; i++) {
+        c->be->rmsnorm(c->a + (size_t) i * D, c->a + (size_t) i * D, lw->attn_norm, D,
+                       cfg->norm_eps);
+    }
+    dsv4_attention(c, lw, ls, pos0, n);
+    dsv4_hc_post(c, x, c->y, n);
+
+    dsv4_hc_pre(c, &lw->hc_ffn_fn, lw->hc_ffn_scale, lw->hc_ffn_base, x, n);
+    for (int i = 0; i < n; i++) {
+        c->be->rmsnorm(c->a + (size_t) i * D, c->a + (size_t) i * D, lw->ffn_norm, D,
+                       cfg->norm_eps);
+    }
+    dsv4_moe(c, lw, tokens, n);
+    dsv4_hc_post(c, x, c->y, n);
+}
+
+/* Embedding row of token t into out[D]. */
+static void
+dsv4_embed(const dsv4_model *m, int32_t t, float *out)
+{
+    const uint16_t *row = (const uint16_t *) m->embed.data + (size_t) t * m->cfg.dim;
+
+    for (int d = 0; d < m->cfg.dim; d++) {
+        out[d] = dsv4_bf16_to_f32(row[d]);
+    }
+}
+
+int
+dsv4_forward(dsv4_ctx *c, dsv4_seq *s, const int32_t *tokens, int n, float *logits,
+             char *err, size_t errlen)
+{
+    const dsv4_model  *m = c->m;
+    const dsv4_config *cfg = &m->cfg;
+    int                hc = cfg->hc_mult, D = cfg->dim;
+
+    if (s->m != m) {
+        return dsv4_error(err, errlen, "sequence belongs to another model");
+    }
+    if (n <= 0 || n > c->max_chunk) {
+        return dsv4_error(err, errlen, "chunk of %d tokens, expected 1..%d", n, c->max_chunk);
+    }
+    if (s->pos + n > s->max_ctx || s->pos + n > c->max_ctx) {
+        return dsv4_error(err, errlen, "context full: %d + %d tokens exceed %d", s->pos, n,
+                          s->max_ctx < c->max_ctx ? s->max_ctx : c->max_ctx);
+    }
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= cfg->vocab_size) {
+            return dsv4_error(err, errlen, "token id %d out of range [0, %d)", tokens[i],
+                              cfg->vocab_size);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        float *xi = c->x + (size_t) i * hc * D;
+        dsv4_embed(m, tokens[i], xi);
+        for (int st = 1; st < hc; st++) {
+            memcpy(xi + (size_t) st * D, xi, (size_t) D * sizeof(float));
+        }
+    }
+    for (int l = 0; l < cfg->n_layers; l++) {
+        dsv4_block(c, &m->layers[l], &s->layers[l], c->x, tokens, s->pos, n);
+    }
+    s->pos += n;
+    if (logits != NULL) {
+        dsv4_head(c, c->x + (size_t) (n - 1) * hc * D, &m->hc_head_fn, m->hc_head_scale,
+                  m->hc_head_base, m->norm, logits);
+    }
+    return 0;
+}
+
+const float *
+dsv4_ctx_hidden(const dsv4_ctx *c, int i)
+{
+    return c->x + (size_t) i * c->m->cfg.hc_mult * c->m->cfg.dim;
+}
+
+int
+dsv4_mtp_forward(dsv4_ctx *c, dsv4_seq *s, const float *hidden, int32_t next_token,
+                 float *logits, char *err, size_t errlen)
+{
+    const dsv4_model  *m = c->m;
+    const dsv4_config *cfg = &m->cfg;
+    const dsv4_mtp_w  *t = &m->mtp;
+    int                hc = cfg->hc_mult, D = cfg->dim;
+
+    if (cfg->n_mtp_layers == 0) {
+        return dsv4_error(err, errlen, "model has no MTP block");
+    }
+    if (next_token < 0 || next_token >= cfg->vocab_size) {
+        return dsv4_error(err, errlen, "token id %d out of range [0, %d)", next_token,
+                          cfg->vocab_size);
+    }
+    if (s->mtp_pos >= s->max_ctx || s->mtp_pos >= c->max_ctx) {
+        return dsv4_error(err, errlen, "MTP context full at %d", s->mtp_pos);
+    }
+    dsv4_embed(m, next_token, c->mtp_e);
+    c->be->rmsnorm(c->mtp_e, c->mtp_e, t->enorm, D, cfg->norm_eps);
+    for (int st = 0; st < hc; st++) {
+        c->be->rmsnorm(c->mtp_h + (size_t) st * D, hidden + (size_t) st * D, t->hnorm, D,
+                       cfg->norm_eps);
+    }
+    c->be->matmul(&t->h_proj, 0, D, c->mtp_h, D, hc, c->mtp_x, D);
+    c->be->matmul(&t->e_proj, 0, D, c->mtp_e, D, 1, c->head_in, D);
+    for (int st = 0; st < hc; st++) {
+        for (int d = 0; d < D; d++) {
+            c->mtp_x[(size_t) st * D + d] += c->head_in[d];
+        }
+    }
+    dsv4_block(c, &m->layers[cfg->n_layers], &s->layers[cfg->n_layers], c->mtp_x, &next_token,
+               s->mtp_pos, 1);
+    s->mtp_pos++;
+    dsv4_head(c, c->mtp_x, &t->hc_head_fn, t->hc_head_scale, t->hc_head_base, t->norm, logits);
+    return 0;
+}
+
+/* ---- context allocation ------------------------------------------------ */
+
+dsv4_ctx *
+dsv4_ctx_new(const dsv4_model *m, const dsv4_backend *be, int max_chunk, int max_ctx,
+             char *err, size_t errlen)
+{
+    const dsv4_config *cfg = &m->cfg;
+    dsv4_ctx          *c;
+    size_t             n = (size_t) max_chunk;
+    int                hc = cfg->hc_mult, D = cfg->dim, max_ratio = 4, max_keys;
+    int                wmax = cfg->head_dim > cfg->index_head_dim ? cfg->head_dim
+                                                                  : cfg->index_head_dim;
+
+    if (m->flags & DSV4_LOAD_LAYOUT_ONLY) {
+        dsv4_error(err, errlen, "model was loaded layout-only (no weights to run)");
+        return NULL;
+    }
+    if (max_chunk <= 0 || max_ctx <= 0 || max_ctx > cfg->max_position) {
+        dsv4_error(err, errlen, "invalid chunk %d / context %d (max %d)", max_chunk, max_ctx,
+                   cfg->max_position);
+        return NULL;
+    }
+    /* keys per query: the window plus the most compressed entries any layer
+     * can add (all of them for HCA, index_topk for CSA) */
+    max_keys = cfg->window + cfg->index_topk;
+    for (int l = 0; l < cfg->n_layers + cfg->n_mtp_layers; l++) {
+        int r = cfg->compress_ratios[l];
+        if (r > max_ratio) {
+            max_ratio = r;
+        }
+        if (r > 0 && r != 4 && cfg->window + max_ctx / r > max_keys) {
+            max_keys = cfg->window + max_ctx / r;
+        }
+    }
+    int nscores = max_keys;
+    if (max_ctx / 4 > nscores) {
+        nscores = max_ctx / 4;
+    }
+    if (cfg->n_routed_experts > nscores) {
+        nscores = cfg->n_routed_experts;
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        dsv4_error(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->be = be;
+    c->max_chunk = max_chunk;
+    c->max_ctx = max_ctx;
+#define ALLOC(p, count) ((p) = calloc((count), sizeof(*(p)))) == NULL
+    if (ALLOC(c->x, n * hc * D) || ALLOC(c->post, n * hc) || ALLOC(c->comb, n * hc * hc)
+        || ALLOC(c->mix, n * (2 + hc) * hc) || ALLOC(c->a, n * D)
+        || ALLOC(c->qr, n * cfg->q_lora_rank)
+        || ALLOC(c->q, n * cfg->n_heads * cfg->head_dim) || ALLOC(c->kv, n * cfg->head_dim)
+        || ALLOC(c->o, n * cfg->n_heads * cfg->head_dim)
+        || ALLOC(c->olow, n * cfg->o_groups * cfg->o_lora_rank) || ALLOC(c->y, n * D)
+        || ALLOC(c->ck, n * 2 * wmax) || ALLOC(c->cz, n * 2 * wmax)
+        || ALLOC(c->ik, n * 2 * cfg->index_head_dim) || ALLOC(c->iz, n * 2 * cfg->index_head_dim)
+        || ALLOC(c->iq, n * cfg->index_n_heads * cfg->index_head_dim)
+        || ALLOC(c->iw, n * cfg->index_n_heads) || ALLOC(c->glog, n * cfg->n_routed_experts)
+        || ALLOC(c->h1, n * cfg->moe_inter_dim) || ALLOC(c->h3, n * cfg->moe_inter_dim)
+        || ALLOC(c->ey, n * D) || ALLOC(c->tmp, (size_t) hc * D) || ALLOC(c->head_in, D)
+        || ALLOC(c->mtp_x, (size_t) hc * D) || ALLOC(c->mtp_e, D) || ALLOC(c->mtp_h, (size_t) hc * D)
+        || ALLOC(c->keys, max_keys) || ALLOC(c->scores, nscores)
+        || ALLOC(c->topk, cfg->index_topk) || ALLOC(c->pool_kv, 2 * max_ratio)
+        || ALLOC(c->pool_sc, 2 * max_ratio) || ALLOC(c->sel, cfg->n_active_experts)
+        || ALLOC(c->selw, cfg->n_active_experts)) {
+        dsv4_ctx_free(c);
+        dsv4_error(err, errlen, "out of memory for the activation buffers");
+        return NULL;
+    }
+#undef ALLOC
+    return c;
+}
+
+void
+dsv4_ctx_free(dsv4_ctx *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    float *bufs[] = { c->x, c->post, c->comb, c->mix, c->a, c->qr, c->q, c->kv, c->o, c->olow,
+                      c->y, c->ck, c->cz, c->ik, c->iz, c->iq, c->iw, c->glog, c->h1, c->h3,
+                      c->ey, c->tmp, c->head_in, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
+                      c->selw };
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
+        free(bufs[i]);
+    }
+    free(c->keys);
+    free(c->topk);
+    free(c->pool_kv);
+    free(c->pool_sc);
+    free(c->sel);
+    free(c);
+}

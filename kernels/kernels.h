@@ -1,0 +1,86 @@
+/*
+ * The compute backend vtable (DESIGN.md §6).  Every backend (cpu scalar, cpu
+ * SIMD, CUDA, Ascend) fills one dsv4_backend; the engine calls only through
+ * it.  The scalar CPU backend is the oracle every other one is tested against.
+ *
+ * All activations are float32, row-major.  Weights stay in their checkpoint
+ * format (mmapped) and are dequantised inside the matmul.
+ */
+#ifndef DSV4_KERNELS_H
+#define DSV4_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    DSV4_MAT_F32 = 0,   /* float32 [rows, cols] */
+    DSV4_MAT_BF16,      /* bfloat16 [rows, cols] */
+    DSV4_MAT_FP8,       /* e4m3 [rows, cols] + e8m0 scale [ceil(rows/128), ceil(cols/128)] */
+    DSV4_MAT_FP4        /* e2m1 x2 packed [rows, cols/2] (low nibble = even col)
+                           + e8m0 scale [rows, cols/32] */
+} dsv4_mat_type;
+
+/* A weight matrix W [rows, cols]; a linear layer computes y = W x.
+ * data/scale point into the mmapped checkpoint (borrowed from the model). */
+typedef struct {
+    dsv4_mat_type  type;
+    int            rows;
+    int            cols;
+    const void    *data;
+    const uint8_t *scale;   /* NULL for F32/BF16 */
+} dsv4_mat;
+
+typedef struct dsv4_backend {
+    const char *name;
+
+    /* y[i, r - row_begin] = sum_k W[r, k] x[i, k] for i < n, row_begin <= r < row_end.
+     * x: [n, ldx] (first W.cols used), y: [n, ldy]. */
+    void (*matmul)(const dsv4_mat *w, int row_begin, int row_end,
+                   const float *x, int ldx, int n, float *y, int ldy);
+
+    /* y[d] = w ⊙ x / sqrt(mean(x²) + eps); w may be NULL (unit weights);
+     * y may alias x. */
+    void (*rmsnorm)(float *y, const float *x, const float *w, int d, float eps);
+
+    /* Interleaved rotation of v[0 .. 2*npairs) by pos * freqs[i] (sign -1:
+     * the inverse rotation). */
+    void (*rope)(float *v, int npairs, int pos, const float *freqs, int sign);
+
+    /* In-place fake quantisation of v[n] in blocks of `block`:
+     * fp8: e4m3 with scale 2^ceil(log2(max(amax,1e-4)/448)),
+     * fp4: e2m1 with scale 2^ceil(log2(max(amax,6*2^-126)/6)). */
+    void (*fake_quant_fp8)(float *v, int n, int block);
+    void (*fake_quant_fp4)(float *v, int n, int block);
+
+    /* In-place orthonormal Walsh-Hadamard transform (Sylvester order), n = 2^k. */
+    void (*hadamard)(float *v, int n);
+
+    /* Sinkhorn projection of c [n, n] (row softmax + eps, then alternating
+     * column/row normalisation, ending on a column pass; iters passes). */
+    void (*sinkhorn)(float *c, int n, int iters, float eps);
+
+    /* Attention of one query token, all heads, over nkeys shared K=V vectors:
+     *   out[h] = sum_u softmax_u(scale q[h]·key_u ; sink[h]) key_u
+     * q: [nheads, dim], keys: array of nkeys pointers to [dim] vectors,
+     * sink: [nheads] logits added to the denominator only, scores: scratch [nkeys],
+     * out: [nheads, dim]. */
+    void (*attention)(const float *q, int nheads, int dim,
+                      const float *const *keys, int nkeys, float scale,
+                      const float *sink, float *scores, float *out);
+
+    /* Compressor pooling: for each channel e < d, softmax over nslots of
+     * score[s][e] and out[e] = sum_s w * kv[s][e].  kv/score: nslots pointers
+     * to [d] rows (a slot with score -inf contributes nothing). */
+    void (*compress_pool)(const float *const *kv, const float *const *score,
+                          int nslots, int d, float *out);
+
+    /* Lightning-indexer scores: out[j] = sum_h w[h] * relu(q[h]·keys[j])
+     * for j < nkeys.  q: [nheads, dim], keys: [nkeys, dim], w: [nheads]. */
+    void (*indexer_scores)(const float *q, const float *w, int nheads, int dim,
+                           const float *keys, int nkeys, float *out);
+} dsv4_backend;
+
+/* The scalar reference backend (kernels/cpu/scalar.c). */
+const dsv4_backend *dsv4_backend_cpu_scalar(void);
+
+#endif
