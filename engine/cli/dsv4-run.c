@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "dsv4.h"
 #include "sample.h"
@@ -128,6 +129,11 @@ inspect(const char *dir)
            (unsigned long long) st.params_active);
     printf("mapped_bytes %zu\n", st.mapped_bytes);
     dsv4_model_free(m);
+    /* evidence that validating the inventory read no weight data */
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        printf("peak_rss_kb %ld\n", ru.ru_maxrss);
+    }
     return 0;
 }
 
