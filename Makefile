@@ -46,7 +46,7 @@ test: all
 	tests/run
 
 demo: all
-	scripts/demo
+	scripts/run-demo
 
 clean:
 	rm -rf build
