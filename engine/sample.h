@@ -79,8 +79,9 @@ typedef enum {
     /* log_softmax of the logits as passed in, before bias, penalties and
      * temperature (vLLM V1's default "raw_logprobs"): what the model thinks. */
     DSV4_LOGPROBS_RAW = 0,
-    /* log_softmax after bias, penalties and temperature (no temperature when
-     * greedy), before top-k / top-p / min-p (vLLM's "processed_logprobs"). */
+    /* log_softmax((logits after bias and penalties) / temperature), no
+     * temperature when greedy, before top-k / top-p / min-p (vLLM's
+     * "processed_logprobs"). */
     DSV4_LOGPROBS_PROCESSED = 1
 } dsv4_logprobs_mode;
 
@@ -129,9 +130,10 @@ int dsv4_sampler_accept(dsv4_sampler *s, int32_t id);
 
 /* Picks the next token from logits [vocab] and records it as generated.
  * logits is borrowed and modified in place: after the call it holds the
- * processed logits (bias, penalties, non-finite clean-up and, unless greedy,
- * temperature applied).  Returns the token id, or -1 if s or logits is NULL
- * or no token has a finite logit. */
+ * logits with bias, penalties and the non-finite clean-up applied, but not
+ * the temperature (it is folded into the weights, exp((x - max) / T), which
+ * saves a pass over the vocabulary).  Returns the token id, or -1 if s or
+ * logits is NULL or no token has a finite logit. */
 int32_t dsv4_sampler_sample(dsv4_sampler *s, float *logits);
 
 /* dsv4_sampler_sample(), also reporting log-probabilities into *lp when lp is
