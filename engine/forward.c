@@ -73,7 +73,7 @@ dsv4_hc_mix(dsv4_ctx *c, const dsv4_mat *fn, const float *x, int n, float *mix)
     const dsv4_config *cfg = &c->m->cfg;
     int                hcd = cfg->hc_mult * cfg->dim;
 
-    c->be->matmul(fn, 0, fn->rows, x, hcd, n, mix, fn->rows);
+    c->be->matmul(c->be, fn, 0, fn->rows, x, hcd, n, mix, fn->rows);
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t) i * hcd;
         float        ss = 0.0f;
@@ -112,7 +112,7 @@ dsv4_hc_pre(dsv4_ctx *c, const dsv4_mat *fn, const float *scale, const float *ba
         for (int k = 0; k < hc * hc; k++) {
             comb[k] = mix[2 * hc + k] * scale[2] + base[2 * hc + k];
         }
-        c->be->sinkhorn(comb, hc, cfg->hc_sinkhorn_iters, cfg->hc_eps);
+        c->be->sinkhorn(c->be, comb, hc, cfg->hc_sinkhorn_iters, cfg->hc_eps);
     }
 }
 
@@ -157,8 +157,8 @@ dsv4_head(dsv4_ctx *c, const float *xi, const dsv4_mat *fn, const float *scale,
             c->head_in[d] += pre * xi[(size_t) s * D + d];
         }
     }
-    c->be->rmsnorm(c->head_in, c->head_in, norm, D, cfg->norm_eps);
-    c->be->matmul(&c->m->head, 0, cfg->vocab_size, c->head_in, D, 1, logits, cfg->vocab_size);
+    c->be->rmsnorm(c->be, c->head_in, c->head_in, norm, D, cfg->norm_eps);
+    c->be->matmul(c->be, &c->m->head, 0, cfg->vocab_size, c->head_in, D, 1, logits, cfg->vocab_size);
 }
 
 /* ---- compressor (§4.6) ------------------------------------------------- */
@@ -194,7 +194,7 @@ dsv4_cmp_push(dsv4_ctx *c, dsv4_cmp_state *cs, int ratio, int d, int t,
             c->pool_sc[nslots] = cs->score + (size_t) r * w;
         }
     }
-    c->be->compress_pool(c->pool_kv, c->pool_sc, nslots, d, out);
+    c->be->compress_pool(c->be, c->pool_kv, c->pool_sc, nslots, d, out);
     if (overlap) {
         memcpy(cs->kv, cs->kv + (size_t) ratio * w, (size_t) ratio * rowbytes);
         memcpy(cs->score, cs->score + (size_t) ratio * w, (size_t) ratio * rowbytes);
@@ -211,8 +211,8 @@ dsv4_compress_chunk(dsv4_ctx *c, const dsv4_compressor_w *cw, dsv4_cmp_state *cs
     const dsv4_config *cfg = &c->m->cfg;
     int                d = cw->d, w = cw->c * d, rd = cfg->rope_dim;
 
-    c->be->matmul(&cw->wkv, 0, w, c->a, cfg->dim, n, kbuf, w);
-    c->be->matmul(&cw->wgate, 0, w, c->a, cfg->dim, n, zbuf, w);
+    c->be->matmul(c->be, &cw->wkv, 0, w, c->a, cfg->dim, n, kbuf, w);
+    c->be->matmul(c->be, &cw->wgate, 0, w, c->a, cfg->dim, n, zbuf, w);
     for (int i = 0; i < n; i++) {
         int    t = pos0 + i;
         float *zi = zbuf + (size_t) i * w, *out = dst + (size_t) *ndst * d;
@@ -224,13 +224,13 @@ dsv4_compress_chunk(dsv4_ctx *c, const dsv4_compressor_w *cw, dsv4_cmp_state *cs
         if (!dsv4_cmp_push(c, cs, ratio, d, t, kbuf + (size_t) i * w, zi, out)) {
             continue;
         }
-        c->be->rmsnorm(out, out, cw->norm, d, cfg->norm_eps);
-        c->be->rope(out + d - rd, rd / 2, *ndst * ratio, c->m->freqs_comp, 1);
+        c->be->rmsnorm(c->be, out, out, cw->norm, d, cfg->norm_eps);
+        c->be->rope(c->be, out + d - rd, rd / 2, *ndst * ratio, c->m->freqs_comp, 1);
         if (indexer) {
-            c->be->hadamard(out, d);
-            c->be->fake_quant_fp4(out, d, 32);
+            c->be->hadamard(c->be, out, d);
+            c->be->fake_quant_fp4(c->be, out, d, 32);
         } else {
-            c->be->fake_quant_fp8(out, d - rd, 64);
+            c->be->fake_quant_fp8(c->be, out, d - rd, 64);
         }
         (*ndst)++;
     }
@@ -270,26 +270,26 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
     const dsv4_backend *be = c->be;
 
     /* queries */
-    be->matmul(&aw->wq_a, 0, Rq, c->a, D, n, c->qr, Rq);
+    be->matmul(be, &aw->wq_a, 0, Rq, c->a, D, n, c->qr, Rq);
     for (int i = 0; i < n; i++) {
         float *qri = c->qr + (size_t) i * Rq;
-        be->rmsnorm(qri, qri, aw->q_norm, Rq, cfg->norm_eps);
+        be->rmsnorm(be, qri, qri, aw->q_norm, Rq, cfg->norm_eps);
     }
-    be->matmul(&aw->wq_b, 0, H * hd, c->qr, Rq, n, c->q, H * hd);
+    be->matmul(be, &aw->wq_b, 0, H * hd, c->qr, Rq, n, c->q, H * hd);
     for (int i = 0; i < n; i++) {
         for (int h = 0; h < H; h++) {
             float *qh = c->q + ((size_t) i * H + h) * hd;
-            be->rmsnorm(qh, qh, NULL, hd, cfg->norm_eps);
-            be->rope(qh + hd - rd, rd / 2, pos0 + i, freqs, 1);
+            be->rmsnorm(be, qh, qh, NULL, hd, cfg->norm_eps);
+            be->rope(be, qh + hd - rd, rd / 2, pos0 + i, freqs, 1);
         }
     }
     /* window K=V */
-    be->matmul(&aw->wkv, 0, hd, c->a, D, n, c->kv, hd);
+    be->matmul(be, &aw->wkv, 0, hd, c->a, D, n, c->kv, hd);
     for (int i = 0; i < n; i++) {
         float *kvi = c->kv + (size_t) i * hd;
-        be->rmsnorm(kvi, kvi, aw->kv_norm, hd, cfg->norm_eps);
-        be->rope(kvi + hd - rd, rd / 2, pos0 + i, freqs, 1);
-        be->fake_quant_fp8(kvi, hd - rd, 64);
+        be->rmsnorm(be, kvi, kvi, aw->kv_norm, hd, cfg->norm_eps);
+        be->rope(be, kvi + hd - rd, rd / 2, pos0 + i, freqs, 1);
+        be->fake_quant_fp8(be, kvi, hd - rd, 64);
     }
     /* compressed history */
     if (ratio > 0) {
@@ -297,16 +297,16 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
                             &ls->n_entries, 0);
     }
     if (ratio == 4) {
-        be->matmul(&aw->idx_wq_b, 0, Hi * di, c->qr, Rq, n, c->iq, Hi * di);
+        be->matmul(be, &aw->idx_wq_b, 0, Hi * di, c->qr, Rq, n, c->iq, Hi * di);
         for (int i = 0; i < n; i++) {
             for (int h = 0; h < Hi; h++) {
                 float *qh = c->iq + ((size_t) i * Hi + h) * di;
-                be->rope(qh + di - rd, rd / 2, pos0 + i, freqs, 1);
-                be->hadamard(qh, di);
-                be->fake_quant_fp4(qh, di, 32);
+                be->rope(be, qh + di - rd, rd / 2, pos0 + i, freqs, 1);
+                be->hadamard(be, qh, di);
+                be->fake_quant_fp4(be, qh, di, 32);
             }
         }
-        be->matmul(&aw->idx_wproj, 0, Hi, c->a, D, n, c->iw, Hi);
+        be->matmul(be, &aw->idx_wproj, 0, Hi, c->a, D, n, c->iw, Hi);
         float wscale = 1.0f / sqrtf((float) di) / sqrtf((float) Hi);
         for (int k = 0; k < n * Hi; k++) {
             c->iw[k] *= wscale;
@@ -326,7 +326,7 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
         }
         if (ratio == 4) {
             int nvalid = (p + 1) / 4;
-            be->indexer_scores(c->iq + (size_t) i * Hi * di, c->iw + (size_t) i * Hi, Hi, di,
+            be->indexer_scores(be, c->iq + (size_t) i * Hi * di, c->iw + (size_t) i * Hi, Hi, di,
                                ls->idx_keys, nvalid, c->scores);
             int nsel = dsv4_topk(c->scores, nvalid, cfg->index_topk, c->topk);
             for (int s = 0; s < nsel; s++) {
@@ -338,19 +338,19 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
             }
         }
         float *oi = c->o + (size_t) i * H * hd;
-        be->attention(c->q + (size_t) i * H * hd, H, hd, c->keys, nk, scale, aw->attn_sink,
+        be->attention(be, c->q + (size_t) i * H * hd, H, hd, c->keys, nk, scale, aw->attn_sink,
                       c->scores, oi);
         for (int h = 0; h < H; h++) {
-            be->rope(oi + (size_t) h * hd + hd - rd, rd / 2, p, freqs, -1);
+            be->rope(be, oi + (size_t) h * hd + hd - rd, rd / 2, p, freqs, -1);
         }
     }
     /* grouped low-rank output projection: group g sees only its heads */
     int gin = H * hd / G;
     for (int g = 0; g < G; g++) {
-        be->matmul(&aw->wo_a, g * Ro, (g + 1) * Ro, c->o + (size_t) g * gin, H * hd, n,
+        be->matmul(be, &aw->wo_a, g * Ro, (g + 1) * Ro, c->o + (size_t) g * gin, H * hd, n,
                    c->olow + (size_t) g * Ro, G * Ro);
     }
-    be->matmul(&aw->wo_b, 0, D, c->olow, G * Ro, n, c->y, D);
+    be->matmul(be, &aw->wo_b, 0, D, c->olow, G * Ro, n, c->y, D);
 }
 
 /* ---- MoE (§4.8) -------------------------------------------------------- */
@@ -378,14 +378,14 @@ dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw, const int32_t *tokens, int n)
     int D = cfg->dim, I = cfg->moe_inter_dim, E = cfg->n_routed_experts, k = cfg->n_active_experts;
 
     /* shared expert over the whole chunk */
-    be->matmul(&f->shared.w1, 0, I, c->a, D, n, c->h1, I);
-    be->matmul(&f->shared.w3, 0, I, c->a, D, n, c->h3, I);
+    be->matmul(be, &f->shared.w1, 0, I, c->a, D, n, c->h1, I);
+    be->matmul(be, &f->shared.w3, 0, I, c->a, D, n, c->h3, I);
     for (int i = 0; i < n; i++) {
         dsv4_swiglu(c->h1 + (size_t) i * I, c->h3 + (size_t) i * I, I, cfg->swiglu_limit, 1.0f);
     }
-    be->matmul(&f->shared.w2, 0, D, c->h1, I, n, c->y, D);
+    be->matmul(be, &f->shared.w2, 0, D, c->h1, I, n, c->y, D);
 
-    be->matmul(&f->gate, 0, E, c->a, D, n, c->glog, E);
+    be->matmul(be, &f->gate, 0, E, c->a, D, n, c->glog, E);
     for (int i = 0; i < n; i++) {
         float *s = c->glog + (size_t) i * E, sum = 0.0f;
         for (int e = 0; e < E; e++) {
@@ -411,10 +411,10 @@ dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw, const int32_t *tokens, int n)
         float       *yi = c->y + (size_t) i * D;
         for (int j = 0; j < k; j++) {
             const dsv4_expert_w *x = &f->experts[c->sel[j]];
-            be->matmul(&x->w1, 0, I, ai, D, 1, c->h1, I);
-            be->matmul(&x->w3, 0, I, ai, D, 1, c->h3, I);
+            be->matmul(be, &x->w1, 0, I, ai, D, 1, c->h1, I);
+            be->matmul(be, &x->w3, 0, I, ai, D, 1, c->h3, I);
             dsv4_swiglu(c->h1, c->h3, I, cfg->swiglu_limit, c->selw[j]);
-            be->matmul(&x->w2, 0, D, c->h1, I, 1, c->ey, D);
+            be->matmul(be, &x->w2, 0, D, c->h1, I, 1, c->ey, D);
             for (int d = 0; d < D; d++) {
                 yi[d] += c->ey[d];
             }
@@ -433,7 +433,7 @@ dsv4_block(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, float *x,
 
     dsv4_hc_pre(c, &lw->hc_attn_fn, lw->hc_attn_scale, lw->hc_attn_base, x, n);
     for (int i = 0; i < n; i++) {
-        c->be->rmsnorm(c->a + (size_t) i * D, c->a + (size_t) i * D, lw->attn_norm, D,
+        c->be->rmsnorm(c->be, c->a + (size_t) i * D, c->a + (size_t) i * D, lw->attn_norm, D,
                        cfg->norm_eps);
     }
     dsv4_attention(c, lw, ls, pos0, n);
@@ -441,7 +441,7 @@ dsv4_block(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, float *x,
 
     dsv4_hc_pre(c, &lw->hc_ffn_fn, lw->hc_ffn_scale, lw->hc_ffn_base, x, n);
     for (int i = 0; i < n; i++) {
-        c->be->rmsnorm(c->a + (size_t) i * D, c->a + (size_t) i * D, lw->ffn_norm, D,
+        c->be->rmsnorm(c->be, c->a + (size_t) i * D, c->a + (size_t) i * D, lw->ffn_norm, D,
                        cfg->norm_eps);
     }
     dsv4_moe(c, lw, tokens, n);
@@ -527,13 +527,13 @@ dsv4_mtp_forward(dsv4_ctx *c, dsv4_seq *s, const float *hidden, int32_t next_tok
         return dsv4_error(err, errlen, "MTP context full at %d", s->mtp_pos);
     }
     dsv4_embed(m, next_token, c->mtp_e);
-    c->be->rmsnorm(c->mtp_e, c->mtp_e, t->enorm, D, cfg->norm_eps);
+    c->be->rmsnorm(c->be, c->mtp_e, c->mtp_e, t->enorm, D, cfg->norm_eps);
     for (int st = 0; st < hc; st++) {
-        c->be->rmsnorm(c->mtp_h + (size_t) st * D, hidden + (size_t) st * D, t->hnorm, D,
+        c->be->rmsnorm(c->be, c->mtp_h + (size_t) st * D, hidden + (size_t) st * D, t->hnorm, D,
                        cfg->norm_eps);
     }
-    c->be->matmul(&t->h_proj, 0, D, c->mtp_h, D, hc, c->mtp_x, D);
-    c->be->matmul(&t->e_proj, 0, D, c->mtp_e, D, 1, c->head_in, D);
+    c->be->matmul(c->be, &t->h_proj, 0, D, c->mtp_h, D, hc, c->mtp_x, D);
+    c->be->matmul(c->be, &t->e_proj, 0, D, c->mtp_e, D, 1, c->head_in, D);
     for (int st = 0; st < hc; st++) {
         for (int d = 0; d < D; d++) {
             c->mtp_x[(size_t) st * D + d] += c->head_in[d];

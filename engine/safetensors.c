@@ -106,9 +106,9 @@ dsv4_st_parse_tensor(dsv4_st_tensor *t, const char *name, json_t *v, const char 
     t->nbytes = (size_t) (json_integer_value(e) - json_integer_value(b));
     if (t->dtype != DSV4_DT_UNSUPPORTED && t->nbytes != nelem * dsv4_dtype_size(t->dtype)) {
         return dsv4_error(err, errlen,
-                          "%s: tensor %s: data_offsets span %zu bytes, expected %zu for %s %s",
-                          path, name, t->nbytes, nelem * dsv4_dtype_size(t->dtype),
-                          t->dtype_name, "shape");
+                          "%s: tensor %s: data_offsets span %zu bytes, expected %zu"
+                          " (%zu elements of %s)", path, name, t->nbytes,
+                          nelem * dsv4_dtype_size(t->dtype), nelem, t->dtype_name);
     }
     t->data = (const uint8_t *) (size_t) json_integer_value(b);   /* rebased by the caller */
     return 0;

@@ -34,6 +34,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The two full-vocabulary passes (scan, weights) are compiled twice on
+ * x86-64: baseline SSE2 and AVX2, picked at run time.  Both compute the same
+ * bits, lane by lane the same IEEE operations (AVX2 does not bring FMA, and
+ * contraction is off anyway), so the choice changes the speed only.
+ * -DDSV4_SAMPLE_NO_DISPATCH builds the baseline alone (to test it). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(DSV4_SAMPLE_NO_DISPATCH)
+#define DSV4_SAMPLE_AVX2 1
+#endif
+#define DSV4_INLINE static inline __attribute__((always_inline))
+
 /* Above this k, a quickselect over the gathered candidates beats a heap whose
  * every insertion costs log k. */
 #define DSV4_HEAP_TOPK_MAX 1024
@@ -119,7 +129,7 @@ static double dsv4_rng_uniform(uint64_t s[4])
  * result is 0, which keeps every output normal (no denormals, so flush-to-zero
  * modes cannot change it) and costs nothing: e^-87 is 1.6e-38 of the top token.
  * Branch-free so the block loop vectorises. */
-static inline float dsv4_exp_nonpos(float x)
+DSV4_INLINE float dsv4_exp_nonpos(float x)
 {
     const float magic = 0x1.8p23f;      /* adding it rounds to an integer */
     const float log2e = 0x1.715476p0f;
@@ -151,7 +161,7 @@ static inline float dsv4_exp_nonpos(float x)
 }
 
 /* v if v >= cut, else 0; a mask for the same reason as above */
-static inline float dsv4_keep_ge(float v, float cut)
+DSV4_INLINE float dsv4_keep_ge(float v, float cut)
 {
     union { float f; uint32_t u; } b = { v };
     b.u &= -(uint32_t)(v >= cut);
@@ -525,7 +535,7 @@ static void dsv4_select(dsv4_cand *a, int n, int k)
 
 /* ----------------------------------------------------------- passes ------ */
 
-static inline float dsv4_clean(float v)
+DSV4_INLINE float dsv4_clean(float v)
 {
     if (v != v)
         return -INFINITY;
@@ -534,13 +544,13 @@ static inline float dsv4_clean(float v)
 
 /* Float bits -> int32 with the same order (for non-NaN): integer max
  * reductions vectorise where float ones do not (NaN rules). */
-static inline int32_t dsv4_order_key(float v)
+DSV4_INLINE int32_t dsv4_order_key(float v)
 {
     union { float f; int32_t i; } b = { v };
     return b.i ^ ((b.i >> 31) & 0x7fffffff);
 }
 
-static inline float dsv4_from_key(int32_t k)
+DSV4_INLINE float dsv4_from_key(int32_t k)
 {
     union { float f; int32_t i; } b;
     b.i = k ^ ((k >> 31) & 0x7fffffff);
@@ -553,7 +563,7 @@ static inline float dsv4_from_key(int32_t k)
  * have keys above FLT_MAX's, negative NaNs below -inf's.  Eight explicit
  * lanes give the vectoriser independent max chains (one chain is
  * latency-bound). */
-static float dsv4_scan_block(float *x, int len)
+DSV4_INLINE float dsv4_scan_block(float *x, int len)
 {
     const int32_t kmax = 0x7f7fffff;             /* key of FLT_MAX */
     const int32_t kninf = (int32_t)0x807fffff;   /* key of -inf */
@@ -592,20 +602,41 @@ static float dsv4_scan_block(float *x, int len)
     return dsv4_from_key(m);
 }
 
+DSV4_INLINE float dsv4_scan_body(float *x, int vocab, float *bmax)
+{
+    float m = -INFINITY;
+    for (int lo = 0, b = 0; lo < vocab; lo += DSV4_SAMPLE_BLOCK, b++) {
+        int len = vocab - lo < DSV4_SAMPLE_BLOCK ? vocab - lo : DSV4_SAMPLE_BLOCK;
+        float bm = dsv4_scan_block(x + lo, len);
+        bmax[b] = bm;
+        m = bm > m ? bm : m;
+    }
+    return m;
+}
+
+static float dsv4_scan_base(float *x, int vocab, float *bmax)
+{
+    return dsv4_scan_body(x, vocab, bmax);
+}
+
+#ifdef DSV4_SAMPLE_AVX2
+__attribute__((target("avx2")))
+static float dsv4_scan_avx2(float *x, int vocab, float *bmax)
+{
+    return dsv4_scan_body(x, vocab, bmax);
+}
+#endif
+
 /* Cleans x in place and returns its maximum (-inf if nothing is finite);
  * s->bmax[b] gets each block's maximum, so the first maximum can be found
  * without a second full pass. */
 static float dsv4_scan(dsv4_sampler *s, float *x)
 {
-    float m = -INFINITY;
-    for (int b = 0; b < s->nblock; b++) {
-        int lo = b * DSV4_SAMPLE_BLOCK;
-        int len = s->vocab - lo < DSV4_SAMPLE_BLOCK ? s->vocab - lo : DSV4_SAMPLE_BLOCK;
-        float bm = dsv4_scan_block(x + lo, len);
-        s->bmax[b] = bm;
-        m = bm > m ? bm : m;
-    }
-    return m;
+#ifdef DSV4_SAMPLE_AVX2
+    if (__builtin_cpu_supports("avx2"))
+        return dsv4_scan_avx2(x, s->vocab, s->bmax);
+#endif
+    return dsv4_scan_base(x, s->vocab, s->bmax);
 }
 
 /* The lowest id holding the maximum m (found by dsv4_scan on x). */
@@ -626,7 +657,7 @@ static int32_t dsv4_first_max(const dsv4_sampler *s, const float *x, float m)
 /* Weight of logit v: exp((v - m) / T), as (v - m) * (1/T).  The temperature
  * lives here rather than in a pass over the logits: the order of the tokens
  * does not depend on it, and only the weights need it. */
-static inline float dsv4_weight(float v, float m, float inv_t)
+DSV4_INLINE float dsv4_weight(float v, float m, float inv_t)
 {
     return dsv4_exp_nonpos((v - m) * inv_t);
 }
@@ -635,8 +666,8 @@ static inline float dsv4_weight(float v, float m, float inv_t)
  * be applied up front, else 0); returns their sum.  Fixed trip count and
  * eight explicit float lanes so that it vectorises; the lanes (128 terms
  * each) are combined in double. */
-static double dsv4_weight_block(const float *restrict x, float *restrict e, float m,
-                                float inv_t, float cut)
+DSV4_INLINE double dsv4_weight_block(const float *restrict x, float *restrict e, float m,
+                                     float inv_t, float cut)
 {
     float acc[8] = { 0, 0, 0, 0, 0, 0, 0, 0 };
     for (int g = 0; g < DSV4_SAMPLE_BLOCK; g += 8) {
@@ -650,15 +681,11 @@ static double dsv4_weight_block(const float *restrict x, float *restrict e, floa
            (((double)acc[4] + acc[5]) + ((double)acc[6] + acc[7]));
 }
 
-/* e[i] = weight of x[i] (0 below cut) and the per-block sums; returns their
- * total, accumulated in the same order as dsv4_walk_blocks() re-adds them. */
-static double dsv4_weight_pass(dsv4_sampler *s, const float *x, float m, float inv_t, float cut)
+DSV4_INLINE double dsv4_weight_body(const float *x, float *e, double *block, int vocab,
+                                   float m, float inv_t, float cut)
 {
-    int vocab = s->vocab;
-    float *e = s->e;
     double z = 0.0;
-    for (int b = 0; b < s->nblock; b++) {
-        int lo = b * DSV4_SAMPLE_BLOCK;
+    for (int lo = 0, b = 0; lo < vocab; lo += DSV4_SAMPLE_BLOCK, b++) {
         int len = vocab - lo < DSV4_SAMPLE_BLOCK ? vocab - lo : DSV4_SAMPLE_BLOCK;
         double sum;
         if (len == DSV4_SAMPLE_BLOCK) {
@@ -671,10 +698,36 @@ static double dsv4_weight_pass(dsv4_sampler *s, const float *x, float m, float i
                 sum += v;
             }
         }
-        s->block[b] = sum;
+        block[b] = sum;
         z += sum;
     }
     return z;
+}
+
+static double dsv4_weight_base(const float *x, float *e, double *block, int vocab,
+                               float m, float inv_t, float cut)
+{
+    return dsv4_weight_body(x, e, block, vocab, m, inv_t, cut);
+}
+
+#ifdef DSV4_SAMPLE_AVX2
+__attribute__((target("avx2")))
+static double dsv4_weight_avx2(const float *x, float *e, double *block, int vocab,
+                               float m, float inv_t, float cut)
+{
+    return dsv4_weight_body(x, e, block, vocab, m, inv_t, cut);
+}
+#endif
+
+/* e[i] = weight of x[i] (0 below cut) and the per-block sums; returns their
+ * total, accumulated in the same order as dsv4_walk_blocks() re-adds them. */
+static double dsv4_weight_pass(dsv4_sampler *s, const float *x, float m, float inv_t, float cut)
+{
+#ifdef DSV4_SAMPLE_AVX2
+    if (__builtin_cpu_supports("avx2"))
+        return dsv4_weight_avx2(x, s->e, s->block, s->vocab, m, inv_t, cut);
+#endif
+    return dsv4_weight_base(x, s->e, s->block, s->vocab, m, inv_t, cut);
 }
 
 /* Inverse-CDF draw over e[0..vocab) in id order, r in [0, total): find the

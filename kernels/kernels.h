@@ -30,55 +30,64 @@ typedef struct {
     const uint8_t *scale;   /* NULL for F32/BF16 */
 } dsv4_mat;
 
-typedef struct dsv4_backend {
+typedef struct dsv4_backend dsv4_backend;
+
+/* Every op takes the backend itself first, so a backend can carry state
+ * (a thread pool, a device stream) in `impl`. */
+struct dsv4_backend {
     const char *name;
+    void       *impl;       /* backend-private state; NULL for the scalar one */
 
     /* y[i, r - row_begin] = sum_k W[r, k] x[i, k] for i < n, row_begin <= r < row_end.
      * x: [n, ldx] (first W.cols used), y: [n, ldy]. */
-    void (*matmul)(const dsv4_mat *w, int row_begin, int row_end,
+    void (*matmul)(const dsv4_backend *be, const dsv4_mat *w, int row_begin, int row_end,
                    const float *x, int ldx, int n, float *y, int ldy);
 
     /* y[d] = w ⊙ x / sqrt(mean(x²) + eps); w may be NULL (unit weights);
      * y may alias x. */
-    void (*rmsnorm)(float *y, const float *x, const float *w, int d, float eps);
+    void (*rmsnorm)(const dsv4_backend *be, float *y, const float *x, const float *w, int d,
+                    float eps);
 
     /* Interleaved rotation of v[0 .. 2*npairs) by pos * freqs[i] (sign -1:
      * the inverse rotation). */
-    void (*rope)(float *v, int npairs, int pos, const float *freqs, int sign);
+    void (*rope)(const dsv4_backend *be, float *v, int npairs, int pos, const float *freqs,
+                 int sign);
 
     /* In-place fake quantisation of v[n] in blocks of `block`:
      * fp8: e4m3 with scale 2^ceil(log2(max(amax,1e-4)/448)),
      * fp4: e2m1 with scale 2^ceil(log2(max(amax,6*2^-126)/6)). */
-    void (*fake_quant_fp8)(float *v, int n, int block);
-    void (*fake_quant_fp4)(float *v, int n, int block);
+    void (*fake_quant_fp8)(const dsv4_backend *be, float *v, int n, int block);
+    void (*fake_quant_fp4)(const dsv4_backend *be, float *v, int n, int block);
 
     /* In-place orthonormal Walsh-Hadamard transform (Sylvester order), n = 2^k. */
-    void (*hadamard)(float *v, int n);
+    void (*hadamard)(const dsv4_backend *be, float *v, int n);
 
     /* Sinkhorn projection of c [n, n] (row softmax + eps, then alternating
      * column/row normalisation, ending on a column pass; iters passes). */
-    void (*sinkhorn)(float *c, int n, int iters, float eps);
+    void (*sinkhorn)(const dsv4_backend *be, float *c, int n, int iters, float eps);
 
     /* Attention of one query token, all heads, over nkeys shared K=V vectors:
      *   out[h] = sum_u softmax_u(scale q[h]·key_u ; sink[h]) key_u
      * q: [nheads, dim], keys: array of nkeys pointers to [dim] vectors,
      * sink: [nheads] logits added to the denominator only, scores: scratch [nkeys],
      * out: [nheads, dim]. */
-    void (*attention)(const float *q, int nheads, int dim,
+    void (*attention)(const dsv4_backend *be, const float *q, int nheads, int dim,
                       const float *const *keys, int nkeys, float scale,
                       const float *sink, float *scores, float *out);
 
     /* Compressor pooling: for each channel e < d, softmax over nslots of
      * score[s][e] and out[e] = sum_s w * kv[s][e].  kv/score: nslots pointers
      * to [d] rows (a slot with score -inf contributes nothing). */
-    void (*compress_pool)(const float *const *kv, const float *const *score,
+    void (*compress_pool)(const dsv4_backend *be, const float *const *kv,
+                          const float *const *score,
                           int nslots, int d, float *out);
 
     /* Lightning-indexer scores: out[j] = sum_h w[h] * relu(q[h]·keys[j])
      * for j < nkeys.  q: [nheads, dim], keys: [nkeys, dim], w: [nheads]. */
-    void (*indexer_scores)(const float *q, const float *w, int nheads, int dim,
+    void (*indexer_scores)(const dsv4_backend *be, const float *q, const float *w,
+                           int nheads, int dim,
                            const float *keys, int nkeys, float *out);
-} dsv4_backend;
+};
 
 /* The scalar reference backend (kernels/cpu/scalar.c). */
 const dsv4_backend *dsv4_backend_cpu_scalar(void);

@@ -61,7 +61,7 @@ dsv4_scalar_row_dot(const dsv4_mat *w, int r, const float *x)
 }
 
 static void
-dsv4_scalar_matmul(const dsv4_mat *w, int row_begin, int row_end,
+dsv4_scalar_matmul(const dsv4_backend *be, const dsv4_mat *w, int row_begin, int row_end,
                    const float *x, int ldx, int n, float *y, int ldy)
 {
     for (int i = 0; i < n; i++) {
@@ -73,7 +73,7 @@ dsv4_scalar_matmul(const dsv4_mat *w, int row_begin, int row_end,
 }
 
 static void
-dsv4_scalar_rmsnorm(float *y, const float *x, const float *w, int d, float eps)
+dsv4_scalar_rmsnorm(const dsv4_backend *be, float *y, const float *x, const float *w, int d, float eps)
 {
     float ss = 0.0f;
 
@@ -87,7 +87,7 @@ dsv4_scalar_rmsnorm(float *y, const float *x, const float *w, int d, float eps)
 }
 
 static void
-dsv4_scalar_rope(float *v, int npairs, int pos, const float *freqs, int sign)
+dsv4_scalar_rope(const dsv4_backend *be, float *v, int npairs, int pos, const float *freqs, int sign)
 {
     for (int i = 0; i < npairs; i++) {
         float th = (float) pos * freqs[i];
@@ -116,19 +116,19 @@ dsv4_scalar_fake_quant(float *v, int n, int block, float floor_amax, float qmax,
 }
 
 static void
-dsv4_scalar_fake_quant_fp8(float *v, int n, int block)
+dsv4_scalar_fake_quant_fp8(const dsv4_backend *be, float *v, int n, int block)
 {
     dsv4_scalar_fake_quant(v, n, block, 1e-4f, 448.0f, dsv4_round_e4m3);
 }
 
 static void
-dsv4_scalar_fake_quant_fp4(float *v, int n, int block)
+dsv4_scalar_fake_quant_fp4(const dsv4_backend *be, float *v, int n, int block)
 {
     dsv4_scalar_fake_quant(v, n, block, 6.0f * 0x1p-126f, 6.0f, dsv4_round_e2m1);
 }
 
 static void
-dsv4_scalar_hadamard(float *v, int n)
+dsv4_scalar_hadamard(const dsv4_backend *be, float *v, int n)
 {
     for (int h = 1; h < n; h *= 2) {
         for (int i = 0; i < n; i += 2 * h) {
@@ -146,7 +146,7 @@ dsv4_scalar_hadamard(float *v, int n)
 }
 
 static void
-dsv4_scalar_sinkhorn(float *c, int n, int iters, float eps)
+dsv4_scalar_sinkhorn(const dsv4_backend *be, float *c, int n, int iters, float eps)
 {
     for (int j = 0; j < n; j++) {                   /* row softmax + eps */
         float *row = c + j * n, mx = row[0], sum = 0.0f;
@@ -186,7 +186,7 @@ dsv4_scalar_sinkhorn(float *c, int n, int iters, float eps)
 }
 
 static void
-dsv4_scalar_attention(const float *q, int nheads, int dim,
+dsv4_scalar_attention(const dsv4_backend *be, const float *q, int nheads, int dim,
                       const float *const *keys, int nkeys, float scale,
                       const float *sink, float *scores, float *out)
 {
@@ -221,7 +221,7 @@ dsv4_scalar_attention(const float *q, int nheads, int dim,
 }
 
 static void
-dsv4_scalar_compress_pool(const float *const *kv, const float *const *score,
+dsv4_scalar_compress_pool(const dsv4_backend *be, const float *const *kv, const float *const *score,
                           int nslots, int d, float *out)
 {
     for (int e = 0; e < d; e++) {
@@ -239,7 +239,7 @@ dsv4_scalar_compress_pool(const float *const *kv, const float *const *score,
 }
 
 static void
-dsv4_scalar_indexer_scores(const float *q, const float *w, int nheads, int dim,
+dsv4_scalar_indexer_scores(const dsv4_backend *be, const float *q, const float *w, int nheads, int dim,
                            const float *keys, int nkeys, float *out)
 {
     for (int j = 0; j < nkeys; j++) {

@@ -112,7 +112,7 @@ test_matmul(const dsv4_backend *be)
             }
         }
         /* rows 7..150 only, to exercise row_begin */
-        be->matmul(&mats[t], 7, R, x, C, N, y, R);
+        be->matmul(be, &mats[t], 7, R, x, C, N, y, R);
         float err = 0.0f;
         for (int i = 0; i < N; i++) {
             for (int r = 7; r < R; r++) {
@@ -138,8 +138,8 @@ test_ops(const dsv4_backend *be)
     for (int i = 0; i < 128; i++) {
         v[i] = w[i] = frand();
     }
-    be->hadamard(v, 128);
-    be->hadamard(v, 128);
+    be->hadamard(be, v, 128);
+    be->hadamard(be, v, 128);
     float err = 0.0f;
     for (int i = 0; i < 128; i++) {
         err = fmaxf(err, fabsf(v[i] - w[i]));
@@ -148,10 +148,10 @@ test_ops(const dsv4_backend *be)
     /* RoPE then inverse RoPE is the identity; rotation keeps pair norms */
     float f[4] = { 1.0f, 0.1f, 0.01f, 0.001f };
     memcpy(v, w, 8 * sizeof(float));
-    be->rope(v, 4, 1234, f, 1);
+    be->rope(be, v, 4, 1234, f, 1);
     float n0 = w[0] * w[0] + w[1] * w[1], n1 = v[0] * v[0] + v[1] * v[1];
     TEST_CHECK(fabsf(n0 - n1) < 1e-5f, "rope keeps the pair norm");
-    be->rope(v, 4, 1234, f, -1);
+    be->rope(be, v, 4, 1234, f, -1);
     err = 0.0f;
     for (int i = 0; i < 8; i++) {
         err = fmaxf(err, fabsf(v[i] - w[i]));
@@ -161,7 +161,7 @@ test_ops(const dsv4_backend *be)
     for (int i = 0; i < 16; i++) {
         c[i] = 3.0f * frand();
     }
-    be->sinkhorn(c, 4, 20, 1e-6f);
+    be->sinkhorn(be, c, 4, 20, 1e-6f);
     err = 0.0f;
     for (int j = 0; j < 4; j++) {
         float rs = 0.0f, cs = 0.0f;
@@ -176,7 +176,7 @@ test_ops(const dsv4_backend *be)
     for (int i = 0; i < 128; i++) {
         v[i] = w[i] = 10.0f * frand();
     }
-    be->fake_quant_fp8(v, 128, 64);
+    be->fake_quant_fp8(be, v, 128, 64);
     err = 0.0f;
     for (int i = 0; i < 128; i++) {
         err = fmaxf(err, fabsf(v[i] - w[i]) / (fabsf(w[i]) + 1e-3f));
@@ -187,7 +187,7 @@ test_ops(const dsv4_backend *be)
     for (int i = 0; i < 32; i++) {
         amax = fmaxf(amax, fabsf(w[i]));
     }
-    be->fake_quant_fp4(w, 32, 32);
+    be->fake_quant_fp4(be, w, 32, 32);
     int   ok = 1;
     float s = dsv4_pow2_ceil(amax / 6.0f);
     for (int i = 0; i < 32; i++) {
@@ -199,7 +199,7 @@ test_ops(const dsv4_backend *be)
     const float *keys[1] = { w };
     float q[4] = { 0.5f, 0.0f, 0.0f, 0.0f }, sink = 0.0f, score, out[4];
     w[0] = 1.0f; w[1] = 2.0f; w[2] = 3.0f; w[3] = 4.0f;
-    be->attention(q, 1, 4, keys, 1, 1.0f, &sink, &score, out);
+    be->attention(be, q, 1, 4, keys, 1, 1.0f, &sink, &score, out);
     float p = expf(0.5f) / (expf(0.5f) + 1.0f);
     TEST_CHECK(fabsf(out[3] - 4.0f * p) < 1e-6f, "attention sink: %g vs %g", out[3], 4.0f * p);
 }
