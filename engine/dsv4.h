@@ -63,8 +63,23 @@ void      dsv4_ctx_free(dsv4_ctx *c);
 int dsv4_forward(dsv4_ctx *c, dsv4_seq *s, const int32_t *tokens, int n, float *logits,
                  char *err, size_t errlen);
 
-/* The main model's last-layer hc streams [hc_mult, dim] of token i of the
- * last dsv4_forward() call (valid until the next call). */
+/* Several sequences in one step: their rows share every pass over the
+ * weights (the reason continuous batching pays off).  Each item appends
+ * tokens[n] to its own sequence; at most one item per sequence; the rows of
+ * all items together must fit max_chunk.  Results are the same as running
+ * each item alone with dsv4_forward(). */
+typedef struct {
+    dsv4_seq      *seq;
+    const int32_t *tokens;  /* [n], borrowed for the call */
+    int            n;
+    float         *logits;  /* [vocab_size] for the item's last token, or NULL */
+} dsv4_batch_item;
+
+int dsv4_forward_batch(dsv4_ctx *c, const dsv4_batch_item *items, int nitems, char *err,
+                       size_t errlen);
+
+/* The main model's last-layer hc streams [hc_mult, dim] of row i of the
+ * last forward call (rows in item order; valid until the next call). */
 const float *dsv4_ctx_hidden(const dsv4_ctx *c, int i);
 
 /* MTP block: from the hidden streams of position t (dsv4_ctx_hidden) and the

@@ -20,11 +20,27 @@
 #include "seq.h"
 #include "util.h"
 
+/* The rows of one sequence inside a step: rows row0 .. row0+n-1 of every
+ * activation buffer, at positions pos0 .. pos0+n-1 of seq. */
+typedef struct {
+    dsv4_seq *seq;
+    int       row0;
+    int       n;
+    int       pos0;
+} dsv4_seg;
+
 struct dsv4_ctx {
     const dsv4_model   *m;
     const dsv4_backend *be;
-    int                 max_chunk;
+    int                 max_chunk;  /* rows per step, all sequences together */
     int                 max_ctx;
+    /* the current step: nseg sequences, nrows rows */
+    dsv4_seg           *segs;       /* [max_chunk] */
+    int                 nseg;
+    int                 nrows;
+    const int32_t     **row_tok;    /* [max_chunk] pointer to each row's token */
+    int                *row_pos;    /* [max_chunk] position of each row in its sequence */
+    int                *row_seg;    /* [max_chunk] segment of each row */
     /* activations; n = chunk length */
     float *x;          /* [n, hc*D] residual streams */
     float *post;       /* [n, hc] mHC post weights */
@@ -202,17 +218,26 @@ dsv4_cmp_push(dsv4_ctx *c, dsv4_cmp_state *cs, int ratio, int d, int t,
     return 1;
 }
 
-/* Runs a compressor over the chunk's block inputs; appends finished entries
- * (normalised, rotated to their block start, then quantised) to dst. */
+/* Compressor projections of every row of the step: kbuf, zbuf [nrows, c*d]. */
 static void
-dsv4_compress_chunk(dsv4_ctx *c, const dsv4_compressor_w *cw, dsv4_cmp_state *cs, int ratio,
-                    int pos0, int n, float *kbuf, float *zbuf, float *dst, int *ndst, int indexer)
+dsv4_compress_project(dsv4_ctx *c, const dsv4_compressor_w *cw, float *kbuf, float *zbuf)
+{
+    int w = cw->c * cw->d, D = c->m->cfg.dim;
+
+    c->be->matmul(c->be, &cw->wkv, 0, w, c->a, D, c->nrows, kbuf, w);
+    c->be->matmul(c->be, &cw->wgate, 0, w, c->a, D, c->nrows, zbuf, w);
+}
+
+/* Feeds one sequence's rows (kbuf/zbuf already offset to its first row) to
+ * its compressor state; appends finished entries (normalised, rotated to
+ * their block start, then quantised) to dst. */
+static void
+dsv4_compress_seg(dsv4_ctx *c, const dsv4_compressor_w *cw, dsv4_cmp_state *cs, int ratio,
+                  int pos0, int n, float *kbuf, float *zbuf, float *dst, int *ndst, int indexer)
 {
     const dsv4_config *cfg = &c->m->cfg;
     int                d = cw->d, w = cw->c * d, rd = cfg->rope_dim;
 
-    c->be->matmul(c->be, &cw->wkv, 0, w, c->a, cfg->dim, n, kbuf, w);
-    c->be->matmul(c->be, &cw->wgate, 0, w, c->a, cfg->dim, n, zbuf, w);
     for (int i = 0; i < n; i++) {
         int    t = pos0 + i;
         float *zi = zbuf + (size_t) i * w, *out = dst + (size_t) *ndst * d;
@@ -258,8 +283,9 @@ dsv4_topk(const float *scores, int n, int k, int *out)
     return m;
 }
 
+/* Attention of layer l for every row of the step: c->a -> c->y. */
 static void
-dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int pos0, int n)
+dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
 {
     const dsv4_config *cfg = &c->m->cfg;
     const dsv4_attn_w *aw = &lw->attn;
@@ -268,6 +294,7 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
     int   Hi = cfg->index_n_heads, di = cfg->index_head_dim, ratio = lw->ratio;
     const float *freqs = ratio > 0 ? c->m->freqs_comp : c->m->freqs_main;
     const dsv4_backend *be = c->be;
+    int                 n = c->nrows;
 
     /* queries */
     be->matmul(be, &aw->wq_a, 0, Rq, c->a, D, n, c->qr, Rq);
@@ -280,7 +307,7 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
         for (int h = 0; h < H; h++) {
             float *qh = c->q + ((size_t) i * H + h) * hd;
             be->rmsnorm(be, qh, qh, NULL, hd, cfg->norm_eps);
-            be->rope(be, qh + hd - rd, rd / 2, pos0 + i, freqs, 1);
+            be->rope(be, qh + hd - rd, rd / 2, c->row_pos[i], freqs, 1);
         }
     }
     /* window K=V */
@@ -288,20 +315,27 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
     for (int i = 0; i < n; i++) {
         float *kvi = c->kv + (size_t) i * hd;
         be->rmsnorm(be, kvi, kvi, aw->kv_norm, hd, cfg->norm_eps);
-        be->rope(be, kvi + hd - rd, rd / 2, pos0 + i, freqs, 1);
+        be->rope(be, kvi + hd - rd, rd / 2, c->row_pos[i], freqs, 1);
         be->fake_quant_fp8(be, kvi, hd - rd, 64);
     }
     /* compressed history */
     if (ratio > 0) {
-        dsv4_compress_chunk(c, &aw->cmp, &ls->cmp, ratio, pos0, n, c->ck, c->cz, ls->entries,
-                            &ls->n_entries, 0);
+        int w = aw->cmp.c * hd;
+        dsv4_compress_project(c, &aw->cmp, c->ck, c->cz);
+        for (int g = 0; g < c->nseg; g++) {
+            dsv4_seg         *sg = &c->segs[g];
+            dsv4_layer_state *ls = &sg->seq->layers[l];
+            dsv4_compress_seg(c, &aw->cmp, &ls->cmp, ratio, sg->pos0, sg->n,
+                              c->ck + (size_t) sg->row0 * w, c->cz + (size_t) sg->row0 * w,
+                              ls->entries, &ls->n_entries, 0);
+        }
     }
     if (ratio == 4) {
         be->matmul(be, &aw->idx_wq_b, 0, Hi * di, c->qr, Rq, n, c->iq, Hi * di);
         for (int i = 0; i < n; i++) {
             for (int h = 0; h < Hi; h++) {
                 float *qh = c->iq + ((size_t) i * Hi + h) * di;
-                be->rope(be, qh + di - rd, rd / 2, pos0 + i, freqs, 1);
+                be->rope(be, qh + di - rd, rd / 2, c->row_pos[i], freqs, 1);
                 be->hadamard(be, qh, di);
                 be->fake_quant_fp4(be, qh, di, 32);
             }
@@ -311,13 +345,21 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, int po
         for (int k = 0; k < n * Hi; k++) {
             c->iw[k] *= wscale;
         }
-        dsv4_compress_chunk(c, &aw->idx_cmp, &ls->idx_cmp, 4, pos0, n, c->ik, c->iz,
-                            ls->idx_keys, &ls->n_idx_keys, 1);
+        dsv4_compress_project(c, &aw->idx_cmp, c->ik, c->iz);
+        for (int g = 0; g < c->nseg; g++) {
+            dsv4_seg         *sg = &c->segs[g];
+            dsv4_layer_state *ls = &sg->seq->layers[l];
+            dsv4_compress_seg(c, &aw->idx_cmp, &ls->idx_cmp, 4, sg->pos0, sg->n,
+                              c->ik + (size_t) sg->row0 * 2 * di,
+                              c->iz + (size_t) sg->row0 * 2 * di, ls->idx_keys,
+                              &ls->n_idx_keys, 1);
+        }
     }
     /* sparse attention, token by token (the ring is overwritten as we go) */
     float scale = 1.0f / sqrtf((float) hd);
     for (int i = 0; i < n; i++) {
-        int p = pos0 + i, nk = 0;
+        dsv4_layer_state *ls = &c->segs[c->row_seg[i]].seq->layers[l];
+        int               p = c->row_pos[i], nk = 0;
 
         memcpy(ls->ring + (size_t) (p % W) * hd, c->kv + (size_t) i * hd,
                (size_t) hd * sizeof(float));
@@ -370,12 +412,13 @@ dsv4_swiglu(float *g, const float *u, int n, float limit, float w)
 }
 
 static void
-dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw, const int32_t *tokens, int n)
+dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw)
 {
     const dsv4_config  *cfg = &c->m->cfg;
     const dsv4_moe_w   *f = &lw->ffn;
     const dsv4_backend *be = c->be;
     int D = cfg->dim, I = cfg->moe_inter_dim, E = cfg->n_routed_experts, k = cfg->n_active_experts;
+    int n = c->nrows;
 
     /* shared expert over the whole chunk */
     be->matmul(be, &f->shared.w1, 0, I, c->a, D, n, c->h1, I);
@@ -393,7 +436,7 @@ dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw, const int32_t *tokens, int n)
             s[e] = sqrtf(fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))));
         }
         if (lw->hash) {
-            memcpy(c->sel, f->tid2eid + (size_t) tokens[i] * k, (size_t) k * sizeof(int));
+            memcpy(c->sel, f->tid2eid + (size_t) *c->row_tok[i] * k, (size_t) k * sizeof(int));
         } else {
             /* the bias steers selection only; weights use the original scores */
             for (int e = 0; e < E; e++) {
@@ -424,19 +467,20 @@ dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw, const int32_t *tokens, int n)
 
 /* ---- block and model --------------------------------------------------- */
 
+/* Block l (a main layer, or the MTP block) over every row of the step. */
 static void
-dsv4_block(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, float *x,
-           const int32_t *tokens, int pos0, int n)
+dsv4_block(dsv4_ctx *c, int l, float *x)
 {
-    const dsv4_config *cfg = &c->m->cfg;
-    int                D = cfg->dim;
+    const dsv4_config  *cfg = &c->m->cfg;
+    const dsv4_layer_w *lw = &c->m->layers[l];
+    int                 D = cfg->dim, n = c->nrows;
 
     dsv4_hc_pre(c, &lw->hc_attn_fn, lw->hc_attn_scale, lw->hc_attn_base, x, n);
     for (int i = 0; i < n; i++) {
         c->be->rmsnorm(c->be, c->a + (size_t) i * D, c->a + (size_t) i * D, lw->attn_norm, D,
                        cfg->norm_eps);
     }
-    dsv4_attention(c, lw, ls, pos0, n);
+    dsv4_attention(c, lw, l);
     dsv4_hc_post(c, x, c->y, n);
 
     dsv4_hc_pre(c, &lw->hc_ffn_fn, lw->hc_ffn_scale, lw->hc_ffn_base, x, n);
@@ -444,8 +488,66 @@ dsv4_block(dsv4_ctx *c, const dsv4_layer_w *lw, dsv4_layer_state *ls, float *x,
         c->be->rmsnorm(c->be, c->a + (size_t) i * D, c->a + (size_t) i * D, lw->ffn_norm, D,
                        cfg->norm_eps);
     }
-    dsv4_moe(c, lw, tokens, n);
+    dsv4_moe(c, lw);
     dsv4_hc_post(c, x, c->y, n);
+}
+
+
+
+/* Lays out the step's rows (segments, per-row token/position) after checking
+ * every item.  Returns 0 or -1 with err set; nothing is modified on error. */
+static int
+dsv4_step_begin(dsv4_ctx *c, const dsv4_batch_item *items, int nitems, char *err,
+                size_t errlen)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    int                rows = 0;
+
+    if (nitems <= 0 || nitems > c->max_chunk) {
+        return dsv4_error(err, errlen, "batch of %d sequences, expected 1..%d", nitems,
+                          c->max_chunk);
+    }
+    for (int b = 0; b < nitems; b++) {
+        const dsv4_batch_item *it = &items[b];
+        dsv4_seq              *s = it->seq;
+
+        if (s == NULL || s->m != c->m) {
+            return dsv4_error(err, errlen, "batch item %d: sequence missing or of another model",
+                              b);
+        }
+        if (it->n <= 0 || it->n > c->max_chunk - rows) {
+            return dsv4_error(err, errlen, "batch of %d+ tokens exceeds the step size %d",
+                              rows + (it->n > 0 ? it->n : 0), c->max_chunk);
+        }
+        if (s->pos + it->n > s->max_ctx || s->pos + it->n > c->max_ctx) {
+            return dsv4_error(err, errlen, "context full: %d + %d tokens exceed %d", s->pos,
+                              it->n, s->max_ctx < c->max_ctx ? s->max_ctx : c->max_ctx);
+        }
+        for (int a = 0; a < b; a++) {
+            if (items[a].seq == s) {     /* one segment per sequence keeps causality */
+                return dsv4_error(err, errlen, "batch items %d and %d share a sequence", a, b);
+            }
+        }
+        for (int i = 0; i < it->n; i++) {
+            if (it->tokens[i] < 0 || it->tokens[i] >= cfg->vocab_size) {
+                return dsv4_error(err, errlen, "token id %d out of range [0, %d)", it->tokens[i],
+                                  cfg->vocab_size);
+            }
+        }
+        rows += it->n;
+    }
+    c->nseg = nitems;
+    c->nrows = rows;
+    rows = 0;
+    for (int b = 0; b < nitems; b++) {
+        c->segs[b] = (dsv4_seg) { items[b].seq, rows, items[b].n, items[b].seq->pos };
+        for (int i = 0; i < items[b].n; i++, rows++) {
+            c->row_tok[rows] = &items[b].tokens[i];
+            c->row_pos[rows] = items[b].seq->pos + i;
+            c->row_seg[rows] = b;
+        }
+    }
+    return 0;
 }
 
 /* Embedding row of token t into out[D]. */
@@ -460,45 +562,44 @@ dsv4_embed(const dsv4_model *m, int32_t t, float *out)
 }
 
 int
-dsv4_forward(dsv4_ctx *c, dsv4_seq *s, const int32_t *tokens, int n, float *logits,
-             char *err, size_t errlen)
+dsv4_forward_batch(dsv4_ctx *c, const dsv4_batch_item *items, int nitems, char *err,
+                   size_t errlen)
 {
     const dsv4_model  *m = c->m;
     const dsv4_config *cfg = &m->cfg;
     int                hc = cfg->hc_mult, D = cfg->dim;
 
-    if (s->m != m) {
-        return dsv4_error(err, errlen, "sequence belongs to another model");
+    if (dsv4_step_begin(c, items, nitems, err, errlen) != 0) {
+        return -1;
     }
-    if (n <= 0 || n > c->max_chunk) {
-        return dsv4_error(err, errlen, "chunk of %d tokens, expected 1..%d", n, c->max_chunk);
-    }
-    if (s->pos + n > s->max_ctx || s->pos + n > c->max_ctx) {
-        return dsv4_error(err, errlen, "context full: %d + %d tokens exceed %d", s->pos, n,
-                          s->max_ctx < c->max_ctx ? s->max_ctx : c->max_ctx);
-    }
-    for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= cfg->vocab_size) {
-            return dsv4_error(err, errlen, "token id %d out of range [0, %d)", tokens[i],
-                              cfg->vocab_size);
-        }
-    }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < c->nrows; i++) {
         float *xi = c->x + (size_t) i * hc * D;
-        dsv4_embed(m, tokens[i], xi);
+        dsv4_embed(m, *c->row_tok[i], xi);
         for (int st = 1; st < hc; st++) {
             memcpy(xi + (size_t) st * D, xi, (size_t) D * sizeof(float));
         }
     }
     for (int l = 0; l < cfg->n_layers; l++) {
-        dsv4_block(c, &m->layers[l], &s->layers[l], c->x, tokens, s->pos, n);
+        dsv4_block(c, l, c->x);
     }
-    s->pos += n;
-    if (logits != NULL) {
-        dsv4_head(c, c->x + (size_t) (n - 1) * hc * D, &m->hc_head_fn, m->hc_head_scale,
-                  m->hc_head_base, m->norm, logits);
+    for (int b = 0; b < nitems; b++) {
+        const dsv4_seg *sg = &c->segs[b];
+        sg->seq->pos += sg->n;
+        if (items[b].logits != NULL) {
+            dsv4_head(c, c->x + (size_t) (sg->row0 + sg->n - 1) * hc * D, &m->hc_head_fn,
+                      m->hc_head_scale, m->hc_head_base, m->norm, items[b].logits);
+        }
     }
     return 0;
+}
+
+int
+dsv4_forward(dsv4_ctx *c, dsv4_seq *s, const int32_t *tokens, int n, float *logits,
+             char *err, size_t errlen)
+{
+    dsv4_batch_item it = { s, tokens, n, logits };
+
+    return dsv4_forward_batch(c, &it, 1, err, errlen);
 }
 
 const float *
@@ -514,17 +615,22 @@ dsv4_mtp_forward(dsv4_ctx *c, dsv4_seq *s, const float *hidden, int32_t next_tok
     const dsv4_model  *m = c->m;
     const dsv4_config *cfg = &m->cfg;
     const dsv4_mtp_w  *t = &m->mtp;
-    int                hc = cfg->hc_mult, D = cfg->dim;
+    int                hc = cfg->hc_mult, D = cfg->dim, mtp_pos = s->mtp_pos;
 
     if (cfg->n_mtp_layers == 0) {
         return dsv4_error(err, errlen, "model has no MTP block");
     }
-    if (next_token < 0 || next_token >= cfg->vocab_size) {
-        return dsv4_error(err, errlen, "token id %d out of range [0, %d)", next_token,
-                          cfg->vocab_size);
-    }
     if (s->mtp_pos >= s->max_ctx || s->mtp_pos >= c->max_ctx) {
         return dsv4_error(err, errlen, "MTP context full at %d", s->mtp_pos);
+    }
+    /* the MTP block is one row at the MTP position of s */
+    dsv4_batch_item it = { s, &next_token, 1, NULL };
+    int             main_pos = s->pos;
+    s->pos = mtp_pos;
+    int rc = dsv4_step_begin(c, &it, 1, err, errlen);
+    s->pos = main_pos;
+    if (rc != 0) {
+        return -1;
     }
     dsv4_embed(m, next_token, c->mtp_e);
     c->be->rmsnorm(c->be, c->mtp_e, c->mtp_e, t->enorm, D, cfg->norm_eps);
@@ -539,8 +645,7 @@ dsv4_mtp_forward(dsv4_ctx *c, dsv4_seq *s, const float *hidden, int32_t next_tok
             c->mtp_x[(size_t) st * D + d] += c->head_in[d];
         }
     }
-    dsv4_block(c, &m->layers[cfg->n_layers], &s->layers[cfg->n_layers], c->mtp_x, &next_token,
-               s->mtp_pos, 1);
+    dsv4_block(c, cfg->n_layers, c->mtp_x);
     s->mtp_pos++;
     dsv4_head(c, c->mtp_x, &t->hc_head_fn, t->hc_head_scale, t->hc_head_base, t->norm, logits);
     return 0;
@@ -613,7 +718,8 @@ dsv4_ctx_new(const dsv4_model *m, const dsv4_backend *be, int max_chunk, int max
         || ALLOC(c->keys, max_keys) || ALLOC(c->scores, nscores)
         || ALLOC(c->topk, cfg->index_topk) || ALLOC(c->pool_kv, 2 * max_ratio)
         || ALLOC(c->pool_sc, 2 * max_ratio) || ALLOC(c->sel, cfg->n_active_experts)
-        || ALLOC(c->selw, cfg->n_active_experts)) {
+        || ALLOC(c->selw, cfg->n_active_experts) || ALLOC(c->segs, n)
+        || ALLOC(c->row_tok, n) || ALLOC(c->row_pos, n) || ALLOC(c->row_seg, n)) {
         dsv4_ctx_free(c);
         dsv4_error(err, errlen, "out of memory for the activation buffers");
         return NULL;
@@ -640,5 +746,9 @@ dsv4_ctx_free(dsv4_ctx *c)
     free(c->pool_kv);
     free(c->pool_sc);
     free(c->sel);
+    free(c->segs);
+    free(c->row_tok);
+    free(c->row_pos);
+    free(c->row_seg);
     free(c);
 }

@@ -58,8 +58,10 @@
 #define DSV4_COUNT_MASK  0x7fffffffu
 
 typedef struct {
-    float   x;
+    float   x;    /* logit: the order */
     int32_t id;
+    float   w;    /* weight exp((x - max) / T), carried so the mass sums read
+                   * candidates sequentially instead of gathering by id */
 } dsv4_cand;
 
 struct dsv4_sampler {
@@ -75,6 +77,7 @@ struct dsv4_sampler {
     float             *e;          /* [vocab] weights exp((x - max) / T) */
     float             *raw;        /* [vocab] copy of the raw logits, for raw logprobs */
     dsv4_cand         *cand;       /* [vocab] candidates / heap scratch */
+    dsv4_cand         *bcand;      /* [nblock] block maxima, to bound top-k */
     double            *block;      /* [nblock] sums of e[] per block */
     float             *bmax;       /* [nblock] maximum logit per block */
     int                nblock;
@@ -263,7 +266,9 @@ dsv4_sampler *dsv4_sampler_new(int vocab, const dsv4_sample_params *p)
     s->cand = malloc(v * sizeof *s->cand);
     s->block = malloc((size_t)s->nblock * sizeof *s->block);
     s->bmax = malloc((size_t)s->nblock * sizeof *s->bmax);
-    if (!s->count || !s->touched || !s->e || !s->raw || !s->cand || !s->block || !s->bmax) {
+    s->bcand = malloc((size_t)s->nblock * sizeof *s->bcand);
+    if (!s->count || !s->touched || !s->e || !s->raw || !s->cand || !s->block || !s->bmax ||
+        !s->bcand) {
         dsv4_sampler_free(s);
         return NULL;
     }
@@ -284,6 +289,7 @@ void dsv4_sampler_free(dsv4_sampler *s)
     free(s->cand);
     free(s->block);
     free(s->bmax);
+    free(s->bcand);
     free(s);
 }
 
@@ -384,39 +390,6 @@ static void dsv4_sift_down(dsv4_cand *h, int n, int i)
         i = w;
     }
     h[i] = v;
-}
-
-/* The k best finite tokens of x into h[0..n), n = min(k, #finite), heap order.
- * x must be clean (no NaN).  Scanning ids upwards, a token tied with the root
- * has a larger id, hence is worse: only a strictly larger logit enters. */
-static int dsv4_heap_topk(const float *x, int vocab, int k, dsv4_cand *h)
-{
-    int n = 0;
-    float cut = -INFINITY;
-    for (int i = 0; i < vocab; i++) {
-        float v = x[i];
-        if (n < k) {
-            if (v == -INFINITY)
-                continue;
-            dsv4_cand c = { v, i };
-            int j = n++;
-            while (j > 0) {
-                int parent = (j - 1) / 2;
-                if (!dsv4_better(h[parent], c))
-                    break;
-                h[j] = h[parent];
-                j = parent;
-            }
-            h[j] = c;
-            if (n == k)
-                cut = h[0].x;
-        } else if (v > cut) {
-            h[0] = (dsv4_cand){ v, i };
-            dsv4_sift_down(h, k, 0);
-            cut = h[0].x;
-        }
-    }
-    return n;
 }
 
 static void dsv4_heapsort(dsv4_cand *a, int n)
@@ -531,6 +504,70 @@ static void dsv4_select(dsv4_cand *a, int n, int k)
         }
     }
     dsv4_insertion_sort(a, n);
+}
+
+/* The k best finite tokens of x into h[0..n), n = min(k, #finite), in heap
+ * order (weights not set).  x must be clean and bmax[] its block maxima (from
+ * dsv4_scan).
+ *
+ * The k largest block maxima are k distinct tokens, so nothing below the k-th
+ * of them (lower) can make the top k: whole blocks whose maximum is below it,
+ * or below the heap's root once the heap is full, are skipped, and inside a
+ * block 16-token chunks are screened with a vectorisable compare before the
+ * scalar heap test.  Blocks are visited in id order, so a token tied with the
+ * root has a larger id, hence is worse: only a strictly larger logit enters. */
+static int dsv4_heap_topk(dsv4_sampler *s, const float *x, int k, dsv4_cand *h)
+{
+    int vocab = s->vocab, nb = s->nblock;
+    float lower = -INFINITY;
+    if (k <= nb) {
+        dsv4_cand *bc = s->bcand;
+        for (int b = 0; b < nb; b++)
+            bc[b] = (dsv4_cand){ s->bmax[b], b, 0.0f };
+        dsv4_select(bc, nb, k);
+        lower = bc[0].x;
+        for (int j = 1; j < k; j++)
+            lower = bc[j].x < lower ? bc[j].x : lower;
+    }
+    int n = 0;
+    for (int lo = 0, b = 0; lo < vocab; lo += DSV4_SAMPLE_BLOCK, b++) {
+        float bm = s->bmax[b];
+        if (bm < lower || bm == -INFINITY || (n == k && bm <= h[0].x))
+            continue;
+        int hi = lo + DSV4_SAMPLE_BLOCK < vocab ? lo + DSV4_SAMPLE_BLOCK : vocab;
+        for (int c = lo; c < hi; c += 16) {
+            int ce = c + 16 < hi ? c + 16 : hi;
+            if (ce - c == 16) {
+                float thr = n < k ? lower : h[0].x;
+                int hit = 0;
+                for (int l = 0; l < 16; l++)
+                    hit |= x[c + l] >= thr;
+                if (!hit)
+                    continue;
+            }
+            for (int i = c; i < ce; i++) {
+                float v = x[i];
+                if (n < k) {
+                    if (v < lower || v == -INFINITY)
+                        continue;
+                    dsv4_cand t = { v, i, 0.0f };
+                    int j = n++;
+                    while (j > 0) {
+                        int parent = (j - 1) / 2;
+                        if (!dsv4_better(h[parent], t))
+                            break;
+                        h[j] = h[parent];
+                        j = parent;
+                    }
+                    h[j] = t;
+                } else if (v > h[0].x) {
+                    h[0] = (dsv4_cand){ v, i, 0.0f };
+                    dsv4_sift_down(h, k, 0);
+                }
+            }
+        }
+    }
+    return n;
 }
 
 /* ----------------------------------------------------------- passes ------ */
@@ -772,7 +809,7 @@ static int32_t dsv4_walk_blocks(const dsv4_sampler *s, double r)
  * the better side says which side holds the crossing token, so expected cost
  * is O(n) however large the nucleus.  If the pivots keep failing, the rest is
  * sorted and walked (O(n log n) worst case). */
-static int dsv4_nucleus(dsv4_cand *a, int n, const float *e, double target)
+static int dsv4_nucleus(dsv4_cand *a, int n, double target)
 {
     int lo = 0, hi = n;      /* a[0..lo) are in, with mass acc; the crossing is in [lo, hi) */
     double acc = 0.0;
@@ -781,13 +818,13 @@ static int dsv4_nucleus(dsv4_cand *a, int n, const float *e, double target)
         int p = lo + dsv4_partition(a + lo, hi - lo);
         double better = 0.0;
         for (int j = lo; j < p; j++)
-            better += e[a[j].id];
+            better += a[j].w;
         if (acc + better >= target) {
             hi = p;
             continue;
         }
         acc += better;
-        double w = e[a[p].id];
+        double w = a[p].w;
         if (acc + w >= target)
             return p + 1;
         acc += w;
@@ -795,7 +832,7 @@ static int dsv4_nucleus(dsv4_cand *a, int n, const float *e, double target)
     }
     dsv4_sort(a + lo, hi - lo);
     for (int j = lo; j < hi; j++) {
-        acc += e[a[j].id];
+        acc += a[j].w;
         if (acc >= target)
             return j + 1;
     }
@@ -804,23 +841,52 @@ static int dsv4_nucleus(dsv4_cand *a, int n, const float *e, double target)
 }
 
 /* Inverse-CDF draw over the candidates in their current order. */
-static int32_t dsv4_walk_cand(const dsv4_cand *a, int n, const float *e, double u)
+static int32_t dsv4_walk_cand(const dsv4_cand *a, int n, double u)
 {
     double z = 0.0;
     for (int j = 0; j < n; j++)
-        z += e[a[j].id];
+        z += a[j].w;
     double r = u * z, cum = 0.0;
     int last = -1;
     for (int j = 0; j < n; j++) {
-        float w = e[a[j].id];
-        if (w > 0.0f) {
-            cum += w;
+        if (a[j].w > 0.0f) {
+            cum += a[j].w;
             last = j;
             if (r < cum)
                 return a[j].id;
         }
     }
     return last >= 0 ? a[last].id : -1;
+}
+
+/* Gathers the candidates with weight > thr.  A block whose best logit weighs
+ * <= thr is skipped whole (the pre-filter bound has a 2x margin, so exp's
+ * last-ulp wobble cannot matter), and 16-token chunks are screened with a
+ * vectorisable compare. */
+static int dsv4_gather(const dsv4_sampler *s, const float *x, float m, float inv_t, float thr,
+                       dsv4_cand *a)
+{
+    const float *e = s->e;
+    int vocab = s->vocab, n = 0;
+    for (int lo = 0, b = 0; lo < vocab; lo += DSV4_SAMPLE_BLOCK, b++) {
+        if (s->bmax[b] == -INFINITY || dsv4_weight(s->bmax[b], m, inv_t) <= thr)
+            continue;
+        int hi = lo + DSV4_SAMPLE_BLOCK < vocab ? lo + DSV4_SAMPLE_BLOCK : vocab;
+        for (int c = lo; c < hi; c += 16) {
+            int ce = c + 16 < hi ? c + 16 : hi;
+            if (ce - c == 16) {
+                int hit = 0;
+                for (int l = 0; l < 16; l++)
+                    hit |= e[c + l] > thr;
+                if (!hit)
+                    continue;
+            }
+            for (int i = c; i < ce; i++)
+                if (e[i] > thr)
+                    a[n++] = (dsv4_cand){ x[i], i, e[i] };
+        }
+    }
+    return n;
 }
 
 /* Sampling proper, on clean logits x with finite maximum m.
@@ -837,18 +903,16 @@ static int32_t dsv4_draw(dsv4_sampler *s, const float *x, float m, double u)
     float min_p = p->min_p;
     float inv_t = 1.0f / p->temperature;
     int minp_done = 0;
-    float *e = s->e;
     dsv4_cand *a = s->cand;
     int n;
     double z;
 
     if (k > 0 && k <= DSV4_HEAP_TOPK_MAX) {
-        n = dsv4_heap_topk(x, vocab, k, a);
+        n = dsv4_heap_topk(s, x, k, a);
         z = 0.0;
         for (int j = 0; j < n; j++) {
-            float w = dsv4_weight(a[j].x, m, inv_t);
-            e[a[j].id] = w;
-            z += w;
+            a[j].w = dsv4_weight(a[j].x, m, inv_t);
+            z += a[j].w;
         }
     } else {
         minp_done = !k && !use_p;
@@ -862,28 +926,25 @@ static int32_t dsv4_draw(dsv4_sampler *s, const float *x, float m, double u)
         float thr = 0.0f;
         if (!k)
             thr = (float)(0.5 * (1.0 - (double)p->top_p) * z / vocab);
-        n = 0;
-        for (int i = 0; i < vocab; i++)
-            if (e[i] > thr)
-                a[n++] = (dsv4_cand){ x[i], i };
+        n = dsv4_gather(s, x, m, inv_t, thr, a);
         if (k && n > k) {
             dsv4_select(a, n, k);
             n = k;
             z = 0.0;
             for (int j = 0; j < n; j++)
-                z += e[a[j].id];
+                z += a[j].w;
         }
     }
     if (use_p)
-        n = dsv4_nucleus(a, n, e, (double)p->top_p * z);
+        n = dsv4_nucleus(a, n, (double)p->top_p * z);
     if (min_p > 0.0f && !minp_done) {
         int w = 0;
         for (int j = 0; j < n; j++)
-            if (e[a[j].id] >= min_p)
+            if (a[j].w >= min_p)
                 a[w++] = a[j];
         n = w;   /* the maximum has weight 1 >= min_p: n stays >= 1 */
     }
-    return dsv4_walk_cand(a, n, e, u);
+    return dsv4_walk_cand(a, n, u);
 }
 
 /* log_softmax(x / T) of clean logits x (inv_t = 1/T) for the chosen token and
@@ -906,7 +967,7 @@ static void dsv4_fill_logprobs(dsv4_sampler *s, float *x, float inv_t, int32_t t
     int want = lp->n_top < vocab ? lp->n_top : vocab;
     if (want <= 0)
         return;
-    int n = dsv4_heap_topk(x, vocab, want, s->cand);
+    int n = dsv4_heap_topk(s, x, want, s->cand);
     dsv4_sort(s->cand, n);
     for (int j = 0; j < n; j++) {
         lp->top[j].id = s->cand[j].id;
