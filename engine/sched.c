@@ -1,0 +1,712 @@
+/*
+ * Continuous-batching scheduler (see sched.h for the contract).
+ *
+ * Each engine thread owns a dsv4_ctx and a running batch of up to max_seqs
+ * sequences.  A step: admit waiting requests, drop cancelled ones, then build
+ * one batch — every decoding sequence feeds its last token first (streams
+ * keep their pace), then prefilling sequences feed prompt chunks of at most
+ * prefill_chunk tokens until max_batch_tokens rows are used — run it with
+ * dsv4_forward_batch, sample, and post the new tokens.
+ *
+ * Locking: sched->mu guards the waiting queue, the ready list and the
+ * counters; each request's mu guards its mailbox.  Engine threads never hold
+ * a lock during a forward pass.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sched.h"
+#include "util.h"
+
+struct dsv4_request {
+    pthread_mutex_t     mu;
+    atomic_int          refs;
+    atomic_int          cancelled;
+    dsv4_sched         *sched;         /* set at submit */
+    dsv4_request_params p;             /* arrays below are owned copies */
+    int32_t            *prompt;        /* [n_prompt] */
+    int32_t            *stop_ids;      /* [n_stop] */
+    int32_t            *bias_ids;      /* [n_bias] */
+    float              *bias_values;   /* [n_bias] */
+    /* mailbox (mu) */
+    dsv4_token         *toks;          /* [cap] every token produced */
+    int32_t            *top_ids;       /* [cap, logprobs] */
+    float              *top_lps;       /* [cap, logprobs] */
+    int                 ntoks;
+    int                 cap;
+    int                 taken;
+    dsv4_finish         finish;
+    char                err[256];
+    double              t_submit, t_start, t_first;
+    void               *data;
+    /* sched->mu */
+    dsv4_request       *next_wait;
+    dsv4_request       *next_ready;
+    int                 in_ready;
+    /* engine thread only */
+    dsv4_seq           *seq;
+    dsv4_sampler       *sampler;
+    int                 fed;           /* prompt tokens fed */
+    int32_t             last;          /* last sampled token, fed next step */
+};
+
+typedef struct {
+    dsv4_sched      *s;
+    pthread_t        thread;
+    int              started;
+    dsv4_ctx        *ctx;
+    dsv4_request   **running;          /* [max_seqs] */
+    int              nrunning;
+    dsv4_batch_item *items;            /* [max_seqs] */
+    dsv4_request   **item_req;         /* [max_seqs] */
+    float           *logits;           /* [max_seqs, vocab] */
+    float           *raw;              /* [vocab] copy of the logits before sampling */
+} dsv4_engine;
+
+struct dsv4_sched {
+    const dsv4_model *m;
+    dsv4_sched_conf   conf;
+    pthread_mutex_t   mu;
+    pthread_cond_t    cv;
+    dsv4_request     *wait_head, *wait_tail;
+    int               nwaiting;
+    int               nrunning;
+    dsv4_request     *ready_head, *ready_tail;
+    int               efd;
+    int               stop;
+    dsv4_engine      *engines;
+};
+
+static double
+dsv4_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static void *
+dsv4_dup(const void *p, size_t n)
+{
+    void *q = malloc(n ? n : 1);
+    if (q != NULL && n) {
+        memcpy(q, p, n);
+    }
+    return q;
+}
+
+dsv4_request *
+dsv4_request_new(const dsv4_request_params *p, char *err, size_t errlen)
+{
+    dsv4_request *r;
+
+    if (p->n_prompt <= 0 || p->prompt == NULL) {
+        dsv4_error(err, errlen, "empty prompt");
+        return NULL;
+    }
+    if (p->max_tokens <= 0) {
+        dsv4_error(err, errlen, "max_tokens must be >= 1, got %d", p->max_tokens);
+        return NULL;
+    }
+    if (p->logprobs < 0 || p->logprobs > 20) {
+        dsv4_error(err, errlen, "top logprobs must be in [0, 20], got %d", p->logprobs);
+        return NULL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        dsv4_error(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    atomic_init(&r->refs, 1);
+    atomic_init(&r->cancelled, 0);
+    r->p = *p;
+    r->prompt = dsv4_dup(p->prompt, (size_t) p->n_prompt * sizeof(int32_t));
+    r->stop_ids = dsv4_dup(p->stop_ids, (size_t) p->n_stop * sizeof(int32_t));
+    r->bias_ids = dsv4_dup(p->sample.bias_ids, (size_t) p->sample.n_bias * sizeof(int32_t));
+    r->bias_values = dsv4_dup(p->sample.bias_values, (size_t) p->sample.n_bias * sizeof(float));
+    if (!r->prompt || !r->stop_ids || !r->bias_ids || !r->bias_values) {
+        dsv4_request_release(r);
+        dsv4_error(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->p.prompt = r->prompt;
+    r->p.stop_ids = r->stop_ids;
+    r->p.sample.bias_ids = r->bias_ids;
+    r->p.sample.bias_values = r->bias_values;
+    return r;
+}
+
+void
+dsv4_request_release(dsv4_request *r)
+{
+    if (r == NULL || atomic_fetch_sub(&r->refs, 1) != 1) {
+        return;
+    }
+    dsv4_seq_free(r->seq);
+    dsv4_sampler_free(r->sampler);
+    free(r->prompt);
+    free(r->stop_ids);
+    free(r->bias_ids);
+    free(r->bias_values);
+    free(r->toks);
+    free(r->top_ids);
+    free(r->top_lps);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+void
+dsv4_request_cancel(dsv4_request *r)
+{
+    atomic_store(&r->cancelled, 1);
+    if (r->sched != NULL) {
+        pthread_mutex_lock(&r->sched->mu);
+        pthread_cond_broadcast(&r->sched->cv);
+        pthread_mutex_unlock(&r->sched->mu);
+    }
+}
+
+int
+dsv4_request_take(dsv4_request *r, dsv4_token *out, int cap, dsv4_finish *finish)
+{
+    int n;
+
+    pthread_mutex_lock(&r->mu);
+    n = r->ntoks - r->taken < cap ? r->ntoks - r->taken : cap;
+    memcpy(out, r->toks + r->taken, (size_t) n * sizeof(*out));
+    r->taken += n;
+    *finish = r->taken == r->ntoks ? r->finish : DSV4_FINISH_NONE;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+int
+dsv4_request_top_logprobs(dsv4_request *r, int k, int32_t *ids, float *logprobs)
+{
+    int n = 0, w = r->p.logprobs;
+
+    pthread_mutex_lock(&r->mu);
+    if (w > 0 && k >= 0 && k < r->taken) {
+        memcpy(ids, r->top_ids + (size_t) k * w, (size_t) w * sizeof(*ids));
+        memcpy(logprobs, r->top_lps + (size_t) k * w, (size_t) w * sizeof(*logprobs));
+        n = w;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+void
+dsv4_request_times(dsv4_request *r, double *queued, double *first_token)
+{
+    pthread_mutex_lock(&r->mu);
+    *queued = r->t_start > 0 ? r->t_start - r->t_submit : 0;
+    *first_token = r->t_first > 0 ? r->t_first - r->t_submit : 0;
+    pthread_mutex_unlock(&r->mu);
+}
+
+const char *
+dsv4_request_error(dsv4_request *r)
+{
+    return r->err;
+}
+
+void
+dsv4_request_set_data(dsv4_request *r, void *data)
+{
+    r->data = data;
+}
+
+void *
+dsv4_request_data(dsv4_request *r)
+{
+    return r->data;
+}
+
+/* ---- mailbox and ready list ------------------------------------------- */
+
+/* Queues r on the ready list (once) and wakes the caller.  sched->mu held. */
+static void
+dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r)
+{
+    uint64_t one = 1;
+
+    if (r->in_ready) {
+        return;
+    }
+    r->in_ready = 1;
+    atomic_fetch_add(&r->refs, 1);
+    r->next_ready = NULL;
+    if (s->ready_tail) {
+        s->ready_tail->next_ready = r;
+    } else {
+        s->ready_head = r;
+    }
+    s->ready_tail = r;
+    /* a full counter (impossible in practice) only means the fd is readable */
+    if (write(s->efd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+        return;
+    }
+}
+
+dsv4_request *
+dsv4_sched_next_ready(dsv4_sched *s)
+{
+    dsv4_request *r;
+    uint64_t      v;
+
+    pthread_mutex_lock(&s->mu);
+    r = s->ready_head;
+    if (r != NULL) {
+        s->ready_head = r->next_ready;
+        if (s->ready_head == NULL) {
+            s->ready_tail = NULL;
+        }
+        r->in_ready = 0;
+    } else if (read(s->efd, &v, sizeof(v)) < 0) {
+        /* EAGAIN: already clear */
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* Appends one token to r's mailbox.  Returns -1 on allocation failure. */
+static int
+dsv4_post_token(dsv4_request *r, int32_t id, float lp, const float *raw, int vocab, float lse)
+{
+    int w = r->p.logprobs, rc = 0;
+
+    pthread_mutex_lock(&r->mu);
+    if (r->ntoks == r->cap) {
+        int         ncap = r->cap ? r->cap * 2 : 16;
+        dsv4_token *nt = realloc(r->toks, (size_t) ncap * sizeof(*nt));
+        if (nt != NULL) {
+            r->toks = nt;
+        }
+        int32_t *ni = w ? realloc(r->top_ids, (size_t) ncap * w * sizeof(*ni)) : NULL;
+        if (ni != NULL) {
+            r->top_ids = ni;
+        }
+        float *nl = w ? realloc(r->top_lps, (size_t) ncap * w * sizeof(*nl)) : NULL;
+        if (nl != NULL) {
+            r->top_lps = nl;
+        }
+        if (nt == NULL || (w && (ni == NULL || nl == NULL))) {
+            rc = -1;
+            goto done;
+        }
+        r->cap = ncap;
+    }
+    if (w > 0) {
+        /* top-w of the raw distribution by insertion (w <= 20) */
+        int32_t *ids = r->top_ids + (size_t) r->ntoks * w;
+        float   *lps = r->top_lps + (size_t) r->ntoks * w;
+        int      m = 0;
+        for (int v = 0; v < vocab; v++) {
+            if (m == w && !(raw[v] > lps[m - 1])) {
+                continue;
+            }
+            int p = m < w ? m++ : m - 1;
+            while (p > 0 && raw[v] > lps[p - 1]) {
+                lps[p] = lps[p - 1];
+                ids[p] = ids[p - 1];
+                p--;
+            }
+            lps[p] = raw[v];
+            ids[p] = v;
+        }
+        for (int k = 0; k < w; k++) {
+            lps[k] -= lse;
+        }
+    }
+    r->toks[r->ntoks++] = (dsv4_token) { id, lp };
+    if (r->t_first == 0) {
+        r->t_first = dsv4_now();
+    }
+done:
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+/* ---- engine thread ----------------------------------------------------- */
+
+static void
+dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
+{
+    dsv4_sched   *s = e->s;
+    dsv4_request *r = e->running[i];
+
+    pthread_mutex_lock(&r->mu);
+    r->finish = why;
+    if (msg != NULL) {
+        snprintf(r->err, sizeof(r->err), "%s", msg);
+    }
+    pthread_mutex_unlock(&r->mu);
+    dsv4_seq_free(r->seq);            /* the memory goes back now, not at release */
+    r->seq = NULL;
+    dsv4_sampler_free(r->sampler);
+    r->sampler = NULL;
+    e->running[i] = e->running[--e->nrunning];
+    pthread_mutex_lock(&s->mu);
+    s->nrunning--;
+    dsv4_sched_mark_ready(s, r);
+    pthread_mutex_unlock(&s->mu);
+    dsv4_request_release(r);          /* the scheduler's ref */
+}
+
+/* Moves waiting requests into the running batch (sched->mu held on entry
+ * and exit; released around the allocations). */
+static void
+dsv4_engine_admit(dsv4_engine *e)
+{
+    dsv4_sched *s = e->s;
+
+    while (e->nrunning < s->conf.max_seqs && s->wait_head != NULL) {
+        dsv4_request *r = s->wait_head;
+        char          err[256];
+
+        s->wait_head = r->next_wait;
+        if (s->wait_head == NULL) {
+            s->wait_tail = NULL;
+        }
+        s->nwaiting--;
+        s->nrunning++;
+        pthread_mutex_unlock(&s->mu);
+
+        if (atomic_load(&r->cancelled)) {     /* gone before it started: no allocation */
+            e->running[e->nrunning++] = r;
+            dsv4_engine_finish(e, e->nrunning - 1, DSV4_FINISH_CANCELLED, NULL);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        int ctx = r->p.n_prompt + r->p.max_tokens;
+        r->seq = dsv4_seq_new(s->m, ctx < s->conf.max_ctx ? ctx : s->conf.max_ctx, err,
+                              sizeof(err));
+        r->sampler = dsv4_sampler_new(dsv4_model_config(s->m)->vocab_size, &r->p.sample);
+        pthread_mutex_lock(&r->mu);
+        r->t_start = dsv4_now();
+        pthread_mutex_unlock(&r->mu);
+        e->running[e->nrunning++] = r;
+        if (r->seq == NULL || r->sampler == NULL) {
+            dsv4_engine_finish(e, e->nrunning - 1, DSV4_FINISH_ERROR,
+                               r->seq == NULL ? err : "out of memory for the sampler");
+        } else {
+            dsv4_sampler_accept_prompt(r->sampler, r->prompt, r->p.n_prompt);
+        }
+        pthread_mutex_lock(&s->mu);
+    }
+}
+
+/* Samples the next token of the request whose logits are in lg. */
+static void
+dsv4_engine_sample(dsv4_engine *e, int i, float *lg)
+{
+    dsv4_request *r = e->running[i];
+    int           vocab = dsv4_model_config(e->s->m)->vocab_size;
+    float         mx = -INFINITY, sum = 0.0f, lse;
+    int32_t       tok;
+
+    for (int v = 0; v < vocab; v++) {
+        mx = fmaxf(mx, lg[v]);
+    }
+    for (int v = 0; v < vocab; v++) {
+        sum += expf(lg[v] - mx);
+    }
+    lse = mx + logf(sum);
+    memcpy(e->raw, lg, (size_t) vocab * sizeof(float));
+    tok = dsv4_sampler_sample(r->sampler, lg);
+    if (dsv4_post_token(r, tok, e->raw[tok] - lse, e->raw, vocab, lse) != 0) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "out of memory for the completion");
+        return;
+    }
+    r->last = tok;
+    for (int k = 0; k < r->p.n_stop; k++) {
+        if (tok == r->stop_ids[k]) {
+            dsv4_engine_finish(e, i, DSV4_FINISH_STOP, NULL);
+            return;
+        }
+    }
+    /* the token just sampled is fed next step: it needs a free position */
+    if (r->ntoks >= r->p.max_tokens || dsv4_seq_pos(r->seq) + 1 > e->s->conf.max_ctx) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_LENGTH, NULL);
+        return;
+    }
+    pthread_mutex_lock(&e->s->mu);
+    dsv4_sched_mark_ready(e->s, r);
+    pthread_mutex_unlock(&e->s->mu);
+}
+
+/* One step over the running batch. */
+static void
+dsv4_engine_step(dsv4_engine *e)
+{
+    dsv4_sched *s = e->s;
+    int         vocab = dsv4_model_config(s->m)->vocab_size, ni = 0, rows = 0;
+    char        err[256];
+
+    for (int i = e->nrunning - 1; i >= 0; i--) {
+        if (atomic_load(&e->running[i]->cancelled)) {
+            dsv4_engine_finish(e, i, DSV4_FINISH_CANCELLED, NULL);
+        }
+    }
+    /* decoding sequences first: one row each */
+    for (int i = 0; i < e->nrunning && rows < s->conf.max_batch_tokens; i++) {
+        dsv4_request *r = e->running[i];
+        if (r->fed == r->p.n_prompt) {
+            e->item_req[ni] = r;
+            e->items[ni] = (dsv4_batch_item) { r->seq, &r->last, 1,
+                                               e->logits + (size_t) ni * vocab };
+            ni++;
+            rows++;
+        }
+    }
+    /* then prompt chunks with the rows left */
+    for (int i = 0; i < e->nrunning && rows < s->conf.max_batch_tokens; i++) {
+        dsv4_request *r = e->running[i];
+        if (r->fed < r->p.n_prompt) {
+            int n = r->p.n_prompt - r->fed, room = s->conf.max_batch_tokens - rows;
+            n = n < s->conf.prefill_chunk ? n : s->conf.prefill_chunk;
+            n = n < room ? n : room;
+            e->item_req[ni] = r;
+            e->items[ni] = (dsv4_batch_item) {
+                r->seq, r->prompt + r->fed, n,
+                r->fed + n == r->p.n_prompt ? e->logits + (size_t) ni * vocab : NULL };
+            ni++;
+            rows += n;
+        }
+    }
+    if (ni == 0) {
+        return;
+    }
+    if (dsv4_forward_batch(e->ctx, e->items, ni, err, sizeof(err)) != 0) {
+        /* a batch-level failure is a bug or exhaustion: fail its requests */
+        for (int k = 0; k < ni; k++) {
+            for (int i = 0; i < e->nrunning; i++) {
+                if (e->running[i] == e->item_req[k]) {
+                    dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, err);
+                    break;
+                }
+            }
+        }
+        return;
+    }
+    for (int k = 0; k < ni; k++) {
+        dsv4_request *r = e->item_req[k];
+        if (r->fed < r->p.n_prompt) {
+            r->fed += e->items[k].n;
+        }
+        if (e->items[k].logits == NULL) {
+            continue;
+        }
+        for (int i = 0; i < e->nrunning; i++) {
+            if (e->running[i] == r) {
+                dsv4_engine_sample(e, i, e->items[k].logits);
+                break;
+            }
+        }
+    }
+}
+
+static void *
+dsv4_engine_main(void *arg)
+{
+    dsv4_engine *e = arg;
+    dsv4_sched  *s = e->s;
+
+    pthread_mutex_lock(&s->mu);
+    for ( ;; ) {
+        while (!s->stop && e->nrunning == 0 && s->wait_head == NULL) {
+            pthread_cond_wait(&s->cv, &s->mu);
+        }
+        if (s->stop) {
+            break;
+        }
+        dsv4_engine_admit(e);
+        pthread_mutex_unlock(&s->mu);
+        dsv4_engine_step(e);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    while (e->nrunning > 0) {
+        dsv4_engine_finish(e, e->nrunning - 1, DSV4_FINISH_CANCELLED, NULL);
+    }
+    return NULL;
+}
+
+/* ---- scheduler --------------------------------------------------------- */
+
+dsv4_sched *
+dsv4_sched_new(const dsv4_model *m, const dsv4_sched_conf *conf, char *err, size_t errlen)
+{
+    const dsv4_config *cfg = dsv4_model_config(m);
+    dsv4_sched        *s;
+
+    if (conf->n_engines < 1 || conf->n_engines > 64 || conf->max_seqs < 1
+        || conf->max_batch_tokens < conf->max_seqs || conf->prefill_chunk < 1
+        || conf->max_queue < 0 || conf->max_ctx < 2 || conf->max_ctx > cfg->max_position
+        || conf->backend == NULL) {
+        dsv4_error(err, errlen, "invalid scheduler limits (engines %d, seqs %d, batch tokens %d,"
+                   " chunk %d, queue %d, ctx %d)", conf->n_engines, conf->max_seqs,
+                   conf->max_batch_tokens, conf->prefill_chunk, conf->max_queue, conf->max_ctx);
+        return NULL;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        dsv4_error(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->m = m;
+    s->conf = *conf;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->engines = calloc((size_t) conf->n_engines, sizeof(*s->engines));
+    if (s->efd < 0 || s->engines == NULL) {
+        dsv4_error(err, errlen, "eventfd/alloc failed: %s", strerror(errno));
+        dsv4_sched_free(s);
+        return NULL;
+    }
+    for (int i = 0; i < conf->n_engines; i++) {
+        dsv4_engine *e = &s->engines[i];
+        size_t       ns = (size_t) conf->max_seqs;
+
+        e->s = s;
+        e->ctx = dsv4_ctx_new(m, conf->backend, conf->max_batch_tokens, conf->max_ctx, err,
+                              errlen);
+        e->running = calloc(ns, sizeof(*e->running));
+        e->items = calloc(ns, sizeof(*e->items));
+        e->item_req = calloc(ns, sizeof(*e->item_req));
+        e->logits = malloc(ns * (size_t) cfg->vocab_size * sizeof(float));
+        e->raw = malloc((size_t) cfg->vocab_size * sizeof(float));
+        if (e->ctx == NULL || !e->running || !e->items || !e->item_req || !e->logits || !e->raw) {
+            if (e->ctx != NULL) {
+                dsv4_error(err, errlen, "out of memory for engine %d", i);
+            }
+            dsv4_sched_free(s);
+            return NULL;
+        }
+        if (pthread_create(&e->thread, NULL, dsv4_engine_main, e) != 0) {
+            dsv4_error(err, errlen, "cannot start engine thread %d", i);
+            dsv4_sched_free(s);
+            return NULL;
+        }
+        e->started = 1;
+    }
+    return s;
+}
+
+void
+dsv4_sched_free(dsv4_sched *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; s->engines != NULL && i < s->conf.n_engines; i++) {
+        dsv4_engine *e = &s->engines[i];
+        if (e->started) {
+            pthread_join(e->thread, NULL);
+        }
+        dsv4_ctx_free(e->ctx);
+        free(e->running);
+        free(e->items);
+        free(e->item_req);
+        free(e->logits);
+        free(e->raw);
+    }
+    /* waiting requests never ran: they finish cancelled; every queued
+     * notification's ref is dropped since nobody will drain them */
+    while (s->wait_head != NULL) {
+        dsv4_request *r = s->wait_head;
+        s->wait_head = r->next_wait;
+        pthread_mutex_lock(&r->mu);
+        r->finish = DSV4_FINISH_CANCELLED;
+        pthread_mutex_unlock(&r->mu);
+        r->sched = NULL;
+        dsv4_request_release(r);
+    }
+    while (s->ready_head != NULL) {
+        dsv4_request *r = s->ready_head;
+        s->ready_head = r->next_ready;
+        r->in_ready = 0;
+        r->sched = NULL;
+        dsv4_request_release(r);
+    }
+    if (s->efd >= 0) {
+        close(s->efd);
+    }
+    free(s->engines);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int
+dsv4_sched_fd(const dsv4_sched *s)
+{
+    return s->efd;
+}
+
+void
+dsv4_sched_load(dsv4_sched *s, int *waiting, int *running)
+{
+    pthread_mutex_lock(&s->mu);
+    *waiting = s->nwaiting;
+    *running = s->nrunning;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int
+dsv4_sched_submit(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen)
+{
+    const dsv4_config *cfg = dsv4_model_config(s->m);
+
+    if (r->sched != NULL) {
+        return dsv4_error(err, errlen, "request already submitted");
+    }
+    if (r->p.n_prompt + 1 > s->conf.max_ctx) {
+        return dsv4_error(err, errlen, "prompt of %d tokens exceeds the context limit of %d",
+                          r->p.n_prompt, s->conf.max_ctx - 1);
+    }
+    for (int i = 0; i < r->p.n_prompt; i++) {
+        if (r->prompt[i] < 0 || r->prompt[i] >= cfg->vocab_size) {
+            return dsv4_error(err, errlen, "prompt token %d out of range [0, %d)", r->prompt[i],
+                              cfg->vocab_size);
+        }
+    }
+    if (dsv4_sample_params_check(&r->p.sample, cfg->vocab_size, err, errlen) != 0) {
+        return -1;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->nwaiting >= s->conf.max_queue) {
+        pthread_mutex_unlock(&s->mu);
+        return dsv4_error(err, errlen, "queue full (%d waiting)", s->conf.max_queue);
+    }
+    r->sched = s;
+    r->t_submit = dsv4_now();
+    atomic_fetch_add(&r->refs, 1);
+    r->next_wait = NULL;
+    if (s->wait_tail) {
+        s->wait_tail->next_wait = r;
+    } else {
+        s->wait_head = r;
+    }
+    s->wait_tail = r;
+    s->nwaiting++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}

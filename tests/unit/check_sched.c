@@ -1,0 +1,248 @@
+/*
+ * check_sched MODEL_DIR: the continuous-batching scheduler against solo runs.
+ *
+ * - 6 greedy requests with different prompt lengths submitted at once to an
+ *   engine with room for 4 sequences, chunked prefill of 5 and 12-row steps:
+ *   each completion must equal the same prompt run alone with dsv4_forward.
+ * - finish reasons: max_tokens -> LENGTH; a stop id -> STOP (stop token kept).
+ * - logprobs: the sampled token's logprob <= 0 and equal to the best top
+ *   logprob under greedy; top logprobs sorted.
+ * - cancellation frees the sequence (running count drops to 0) and finishes
+ *   the request as CANCELLED; a request cancelled while waiting never runs.
+ * - backpressure: a full queue refuses with an error.
+ * - the eventfd is readable whenever a request has news.
+ */
+#include <math.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sched.h"
+#include "tests/test.h"
+
+#define NREQ 6
+
+static int32_t prompts[NREQ][64];
+static const int plen[NREQ] = { 3, 17, 40, 9, 25, 1 };
+
+/* Greedy completion of prompt p alone (the baseline). */
+static void
+solo(dsv4_model *m, const int32_t *p, int n, int ngen, int32_t *out)
+{
+    char      err[256];
+    int       V = dsv4_model_config(m)->vocab_size;
+    dsv4_seq *s = dsv4_seq_new(m, n + ngen, err, sizeof(err));
+    dsv4_ctx *c = dsv4_ctx_new(m, dsv4_backend_cpu_scalar(), n, n + ngen, err, sizeof(err));
+    float    *lg = malloc((size_t) V * sizeof(float));
+
+    dsv4_forward(c, s, p, n, lg, err, sizeof(err));
+    for (int g = 0; g < ngen; g++) {
+        int best = 0;
+        for (int v = 1; v < V; v++) {
+            if (lg[v] > lg[best]) {
+                best = v;
+            }
+        }
+        out[g] = best;
+        if (g + 1 < ngen) {
+            dsv4_forward(c, s, &out[g], 1, lg, err, sizeof(err));
+        }
+    }
+    free(lg);
+    dsv4_ctx_free(c);
+    dsv4_seq_free(s);
+}
+
+static dsv4_request *
+make_req(const int32_t *p, int n, int max_tokens, const int32_t *stop, int nstop, int logprobs)
+{
+    dsv4_request_params rp;
+    char                err[256];
+
+    memset(&rp, 0, sizeof(rp));
+    rp.prompt = p;
+    rp.n_prompt = n;
+    rp.max_tokens = max_tokens;
+    rp.stop_ids = stop;
+    rp.n_stop = nstop;
+    rp.logprobs = logprobs;
+    dsv4_sample_params_default(&rp.sample);
+    rp.sample.temperature = 0.0f;
+    dsv4_request *r = dsv4_request_new(&rp, err, sizeof(err));
+    TEST_CHECK(r != NULL, "request_new: %s", err);
+    return r;
+}
+
+/* Drains the scheduler until every request in rs has finished (or timeout). */
+static int
+drain(dsv4_sched *s, dsv4_request **rs, int n, int32_t (*toks)[32], int *ntok,
+      dsv4_finish *fin, int timeout_ms)
+{
+    struct pollfd pfd = { dsv4_sched_fd(s), POLLIN, 0 };
+    int           open = n;
+
+    while (open > 0) {
+        if (poll(&pfd, 1, timeout_ms) <= 0) {
+            return -1;
+        }
+        dsv4_request *r;
+        while ((r = dsv4_sched_next_ready(s)) != NULL) {
+            for (int i = 0; i < n; i++) {
+                if (rs[i] != r || fin[i] != DSV4_FINISH_NONE) {
+                    continue;
+                }
+                dsv4_token  t[8];
+                dsv4_finish f;
+                int         k;
+                while ((k = dsv4_request_take(r, t, 8, &f)) > 0 || f == DSV4_FINISH_NONE) {
+                    for (int j = 0; j < k && ntok[i] < 32; j++) {
+                        toks[i][ntok[i]++] = t[j].id;
+                    }
+                    if (k == 0) {
+                        break;
+                    }
+                }
+                if (f != DSV4_FINISH_NONE) {
+                    fin[i] = f;
+                    open--;
+                }
+            }
+            dsv4_request_release(r);
+        }
+    }
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    char        err[256];
+    dsv4_model *m;
+
+    if (argc < 2 || dsv4_model_load(&m, argv[1], 0, err, sizeof(err)) != 0) {
+        fprintf(stderr, "usage: check_sched MODEL_DIR (%s)\n", argc < 2 ? "" : err);
+        return 2;
+    }
+    int      V = dsv4_model_config(m)->vocab_size;
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    for (int i = 0; i < NREQ; i++) {
+        for (int j = 0; j < plen[i]; j++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            prompts[i][j] = (int32_t) (x % (uint64_t) V);
+        }
+    }
+    dsv4_sched_conf conf = { .n_engines = 1, .max_seqs = 4, .max_batch_tokens = 12,
+                             .prefill_chunk = 5, .max_queue = 8, .max_ctx = 128,
+                             .backend = dsv4_backend_cpu_scalar() };
+    dsv4_sched *s = dsv4_sched_new(m, &conf, err, sizeof(err));
+    TEST_CHECK(s != NULL, "sched_new: %s", err);
+    if (s == NULL) {
+        return TEST_REPORT();
+    }
+
+    /* batched greedy == solo greedy */
+    dsv4_request *rs[NREQ];
+    int32_t       got[NREQ][32], want[32];
+    int           ntok[NREQ] = { 0 };
+    dsv4_finish   fin[NREQ] = { 0 };
+    for (int i = 0; i < NREQ; i++) {
+        rs[i] = make_req(prompts[i], plen[i], 8, NULL, 0, i == 0 ? 5 : 0);
+        TEST_CHECK(dsv4_sched_submit(s, rs[i], err, sizeof(err)) == 0, "submit %d: %s", i, err);
+    }
+    TEST_CHECK(drain(s, rs, NREQ, got, ntok, fin, 20000) == 0, "timed out");
+    for (int i = 0; i < NREQ; i++) {
+        solo(m, prompts[i], plen[i], 8, want);
+        TEST_CHECK(fin[i] == DSV4_FINISH_LENGTH && ntok[i] == 8,
+                   "request %d: finish %d after %d tokens, expected LENGTH after 8", i, fin[i],
+                   ntok[i]);
+        TEST_CHECK(memcmp(got[i], want, sizeof(want[0]) * 8) == 0,
+                   "request %d: batched completion differs from the solo run", i);
+    }
+    /* logprobs of request 0: greedy token is the top-1 */
+    int32_t ids[5];
+    float   lps[5];
+    int     nl = dsv4_request_top_logprobs(rs[0], 3, ids, lps);
+    TEST_CHECK(nl == 5 && ids[0] == got[0][3] && lps[0] <= 0.0f && lps[0] >= lps[1]
+               && lps[3] >= lps[4], "top logprobs: n=%d id %d vs token %d", nl, ids[0],
+               got[0][3]);
+    double q, ft;
+    dsv4_request_times(rs[0], &q, &ft);
+    TEST_CHECK(ft > 0 && ft >= q, "times: queued %g first token %g", q, ft);
+    for (int i = 0; i < NREQ; i++) {
+        dsv4_request_release(rs[i]);
+    }
+
+    /* stop id: the 3rd greedy token of prompt 1 stops the completion there */
+    solo(m, prompts[1], plen[1], 8, want);
+    dsv4_request *r = make_req(prompts[1], plen[1], 8, &want[2], 1, 0);
+    int           n1 = 0;
+    dsv4_finish   f1 = 0;
+    dsv4_sched_submit(s, r, err, sizeof(err));
+    TEST_CHECK(drain(s, &r, 1, got, &n1, &f1, 20000) == 0, "stop: timed out");
+    int first = 0;
+    while (want[first] != want[2]) {
+        first++;
+    }
+    TEST_CHECK(f1 == DSV4_FINISH_STOP && n1 == first + 1, "stop: finish %d after %d tokens", f1,
+               n1);
+    dsv4_request_release(r);
+
+    /* cancellation: a long request cancelled mid-way frees its sequence */
+    int waiting, running;
+    r = make_req(prompts[2], plen[2], 80, NULL, 0, 0);
+    dsv4_sched_submit(s, r, err, sizeof(err));
+    for (int t = 0; t < 200; t++) {
+        dsv4_sched_load(s, &waiting, &running);
+        if (running == 1) {
+            break;
+        }
+        usleep(1000);
+    }
+    dsv4_request_cancel(r);
+    n1 = 0;
+    f1 = 0;
+    TEST_CHECK(drain(s, &r, 1, got, &n1, &f1, 20000) == 0, "cancel: timed out");
+    dsv4_sched_load(s, &waiting, &running);
+    TEST_CHECK(f1 == DSV4_FINISH_CANCELLED && n1 < 80 && running == 0,
+               "cancel: finish %d, %d tokens, %d running", f1, n1, running);
+    dsv4_request_release(r);
+
+    /* backpressure: max_queue 8 waiting (4 run); the 13th submit is refused */
+    dsv4_request *many[13];
+    int           refused = 0;
+    for (int i = 0; i < 13; i++) {
+        many[i] = make_req(prompts[2], plen[2], 60, NULL, 0, 0);
+        if (dsv4_sched_submit(s, many[i], err, sizeof(err)) != 0) {
+            refused++;
+        }
+    }
+    TEST_CHECK(refused >= 1 && strstr(err, "queue full") != NULL, "refused %d (%s)", refused, err);
+    for (int i = 0; i < 13; i++) {
+        dsv4_request_cancel(many[i]);
+    }
+    for (int t = 0; t < 5000; t++) {
+        dsv4_sched_load(s, &waiting, &running);
+        if (waiting == 0 && running == 0) {
+            break;
+        }
+        usleep(1000);
+    }
+    TEST_CHECK(waiting == 0 && running == 0, "after cancelling all: %d waiting %d running",
+               waiting, running);
+    while ((r = dsv4_sched_next_ready(s)) != NULL) {
+        dsv4_request_release(r);
+    }
+    for (int i = 0; i < 13; i++) {
+        dsv4_request_release(many[i]);
+    }
+    /* a prompt longer than the context is refused with a reason */
+    int32_t long_prompt[200] = { 0 };
+    r = make_req(long_prompt, 200, 4, NULL, 0, 0);
+    TEST_CHECK(dsv4_sched_submit(s, r, err, sizeof(err)) != 0 && strstr(err, "context") != NULL,
+               "long prompt accepted (%s)", err);
+    dsv4_request_release(r);
+    dsv4_sched_free(s);
+    dsv4_model_free(m);
+    return TEST_REPORT();
+}
