@@ -37,7 +37,7 @@
  * nothing, so a broken forward pass fails the request instead of emitting a
  * plausible-looking token.
  *
- * Memory: about 3 MiB of scratch per sampler for vocab 129,280.
+ * Memory: about 3.5 MiB of scratch per sampler for vocab 129,280.
  */
 #ifndef DSV4_SAMPLE_H
 #define DSV4_SAMPLE_H

@@ -68,7 +68,7 @@ typedef struct {
     dsv4_batch_item *items;            /* [max_seqs] */
     dsv4_request   **item_req;         /* [max_seqs] */
     float           *logits;           /* [max_seqs, vocab] */
-    float           *raw;              /* [vocab] copy of the logits before sampling */
+    dsv4_token_logprob *top;           /* [20] top logprobs of the token being sampled */
 } dsv4_engine;
 
 struct dsv4_sched {
@@ -280,9 +280,10 @@ dsv4_sched_next_ready(dsv4_sched *s)
     return r;
 }
 
-/* Appends one token to r's mailbox.  Returns -1 on allocation failure. */
+/* Appends one token (with its top logprobs, lp->n_top_out of them) to r's
+ * mailbox.  Returns -1 on allocation failure. */
 static int
-dsv4_post_token(dsv4_request *r, int32_t id, float lp, const float *raw, int vocab, float lse)
+dsv4_post_token(dsv4_request *r, int32_t id, const dsv4_sample_logprobs *lp)
 {
     int w = r->p.logprobs, rc = 0;
 
@@ -307,29 +308,12 @@ dsv4_post_token(dsv4_request *r, int32_t id, float lp, const float *raw, int voc
         }
         r->cap = ncap;
     }
-    if (w > 0) {
-        /* top-w of the raw distribution by insertion (w <= 20) */
-        int32_t *ids = r->top_ids + (size_t) r->ntoks * w;
-        float   *lps = r->top_lps + (size_t) r->ntoks * w;
-        int      m = 0;
-        for (int v = 0; v < vocab; v++) {
-            if (m == w && !(raw[v] > lps[m - 1])) {
-                continue;
-            }
-            int p = m < w ? m++ : m - 1;
-            while (p > 0 && raw[v] > lps[p - 1]) {
-                lps[p] = lps[p - 1];
-                ids[p] = ids[p - 1];
-                p--;
-            }
-            lps[p] = raw[v];
-            ids[p] = v;
-        }
-        for (int k = 0; k < w; k++) {
-            lps[k] -= lse;
-        }
+    for (int k = 0; k < w; k++) {      /* fewer finite alternatives: pad with -inf */
+        r->top_ids[(size_t) r->ntoks * w + k] = k < lp->n_top_out ? lp->top[k].id : -1;
+        r->top_lps[(size_t) r->ntoks * w + k] = k < lp->n_top_out ? lp->top[k].logprob
+                                                                  : -INFINITY;
     }
-    r->toks[r->ntoks++] = (dsv4_token) { id, lp };
+    r->toks[r->ntoks++] = (dsv4_token) { id, lp->logprob };
     if (r->t_first == 0) {
         r->t_first = dsv4_now();
     }
@@ -411,21 +395,16 @@ dsv4_engine_admit(dsv4_engine *e)
 static void
 dsv4_engine_sample(dsv4_engine *e, int i, float *lg)
 {
-    dsv4_request *r = e->running[i];
-    int           vocab = dsv4_model_config(e->s->m)->vocab_size;
-    float         mx = -INFINITY, sum = 0.0f, lse;
-    int32_t       tok;
+    dsv4_request        *r = e->running[i];
+    dsv4_sample_logprobs lp = { DSV4_LOGPROBS_RAW, r->p.logprobs, e->top, 0.0f, 0 };
+    int32_t              tok;
 
-    for (int v = 0; v < vocab; v++) {
-        mx = fmaxf(mx, lg[v]);
+    tok = dsv4_sampler_sample_logprobs(r->sampler, lg, &lp);
+    if (tok < 0) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "no token has a finite logit");
+        return;
     }
-    for (int v = 0; v < vocab; v++) {
-        sum += expf(lg[v] - mx);
-    }
-    lse = mx + logf(sum);
-    memcpy(e->raw, lg, (size_t) vocab * sizeof(float));
-    tok = dsv4_sampler_sample(r->sampler, lg);
-    if (dsv4_post_token(r, tok, e->raw[tok] - lse, e->raw, vocab, lse) != 0) {
+    if (dsv4_post_token(r, tok, &lp) != 0) {
         dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "out of memory for the completion");
         return;
     }
@@ -587,8 +566,8 @@ dsv4_sched_new(const dsv4_model *m, const dsv4_sched_conf *conf, char *err, size
         e->items = calloc(ns, sizeof(*e->items));
         e->item_req = calloc(ns, sizeof(*e->item_req));
         e->logits = malloc(ns * (size_t) cfg->vocab_size * sizeof(float));
-        e->raw = malloc((size_t) cfg->vocab_size * sizeof(float));
-        if (e->ctx == NULL || !e->running || !e->items || !e->item_req || !e->logits || !e->raw) {
+        e->top = calloc(20, sizeof(*e->top));
+        if (e->ctx == NULL || !e->running || !e->items || !e->item_req || !e->logits || !e->top) {
             if (e->ctx != NULL) {
                 dsv4_error(err, errlen, "out of memory for engine %d", i);
             }
@@ -625,7 +604,7 @@ dsv4_sched_free(dsv4_sched *s)
         free(e->items);
         free(e->item_req);
         free(e->logits);
-        free(e->raw);
+        free(e->top);
     }
     /* waiting requests never ran: they finish cancelled; every queued
      * notification's ref is dropped since nobody will drain them */

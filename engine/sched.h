@@ -61,7 +61,7 @@ typedef struct {
 /* One produced token. */
 typedef struct {
     int32_t id;
-    float   logprob;                 /* log-softmax of the sampled distribution's logits */
+    float   logprob;                 /* log-softmax of the raw logits (vLLM "raw_logprobs") */
 } dsv4_token;
 
 /* Starts the engine threads.  Returns NULL with err set on failure. */

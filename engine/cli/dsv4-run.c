@@ -331,6 +331,10 @@ main(int argc, char **argv)
             goto done;
         }
         tok = dsv4_sampler_sample(smp, logits);
+        if (tok < 0) {
+            fprintf(stderr, "dsv4-run: no token has a finite logit\n");
+            goto done;
+        }
         printf("%s%d", generated ? "," : "", tok);
         generated++;
         if (mf != NULL) {

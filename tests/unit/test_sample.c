@@ -163,20 +163,24 @@ static double chi2_bound(int dof)
     return dof + 8.0 * sqrt(2.0 * dof) + 10.0;
 }
 
-/* Draws n tokens with params p from fixed logits and checks them against the
- * reference distribution.  Returns the chi2 (for a power check by the caller). */
+/* Draws n tokens with params p from fixed logits and compares the counts
+ * with want[] (NULL: the reference distribution).  With check set, asserts
+ * that no draw is invalid or outside want's support and that the chi-square
+ * is within bounds; without, only returns the chi-square (power checks). */
 static double check_distribution(const char *name, const float *logits, int vocab,
-                                 const dsv4_sample_params *p, long n, const double *want_override)
+                                 const dsv4_sample_params *p, long n, const double *want, int check)
 {
     double *probs = malloc((size_t)vocab * sizeof *probs);
     long *counts = calloc((size_t)vocab, sizeof *counts);
     float *work = malloc((size_t)vocab * sizeof *work);
-    double margin = 1.0;
-    ref_probs(logits, vocab, p->temperature, p->top_k, p->top_p, p->min_p, probs, &margin);
-    if (want_override)
-        memcpy(probs, want_override, (size_t)vocab * sizeof *probs);
-    TEST_CHECK(margin > 1e-6, "%s: test setup: a top-p/min-p decision is %.3g from its threshold",
-               name, margin);
+    if (want) {
+        memcpy(probs, want, (size_t)vocab * sizeof *probs);
+    } else {
+        double margin = 1.0;
+        ref_probs(logits, vocab, p->temperature, p->top_k, p->top_p, p->min_p, probs, &margin);
+        TEST_CHECK(margin > 1e-6,
+                   "%s: test setup: a top-p/min-p decision is %.3g from its threshold", name, margin);
+    }
     dsv4_sampler *s = make(vocab, p);
     long bad = 0;
     for (long t = 0; s && t < n; t++) {
@@ -189,7 +193,7 @@ static double check_distribution(const char *name, const float *logits, int voca
     int dof;
     long impossible;
     double chi2 = chi2_stat(counts, probs, vocab, n, &dof, &impossible);
-    if (!want_override) {
+    if (check) {
         TEST_CHECK(bad == 0, "%s: %ld draws returned an invalid token", name, bad);
         TEST_CHECK(impossible == 0, "%s: %ld draws of tokens the filters exclude", name, impossible);
         TEST_CHECK(chi2 < chi2_bound(dof), "%s: chi2 %.2f with %d dof exceeds %.2f", name, chi2,
@@ -303,7 +307,7 @@ static void test_greedy(void)
     t = dsv4_sampler_sample(s, b);
     TEST_CHECK(t == 4, "greedy: got %d, want 4", t);
 
-    float c[6] = { NAN, 2.0f, 7.0f, NAN, -INFINITY, 6.0f };
+    float c[6] = { NAN, 2.0f, 7.0f, -NAN, -INFINITY, 6.0f };
     t = dsv4_sampler_sample(s, c);
     TEST_CHECK(t == 2, "greedy with NaNs: got %d, want 2", t);
     TEST_CHECK(c[0] == -INFINITY && c[3] == -INFINITY, "NaN logits not rewritten to -inf: %g %g",
@@ -577,34 +581,107 @@ static void test_small_distributions(void)
 
     dsv4_sample_params_default(&p);
     p.seed = 101;
-    double good = check_distribution("T=1", l4, 4, &p, N, NULL);
+    double good = check_distribution("T=1", l4, 4, &p, N, NULL, 1);
     /* power: the same draws against a slightly wrong distribution must fail */
     const double wrong[4] = { 0.37, 0.33, 0.2, 0.1 };
-    double bad = check_distribution("T=1 vs wrong", l4, 4, &p, N, wrong);
+    double bad = check_distribution("T=1 vs wrong", l4, 4, &p, N, wrong, 0);
     TEST_CHECK(good < chi2_bound(3) && bad > chi2_bound(3),
                "chi-square has no power: %.2f against the truth, %.2f against a 3%% error", good, bad);
 
     p.temperature = 2.0f; p.seed = 102;
-    check_distribution("T=2", l4, 4, &p, N, NULL);
+    check_distribution("T=2", l4, 4, &p, N, NULL, 1);
     p.temperature = 0.5f; p.seed = 103;
-    check_distribution("T=0.5", l4, 4, &p, N, NULL);
+    check_distribution("T=0.5", l4, 4, &p, N, NULL, 1);
     dsv4_sample_params_default(&p);
     p.top_k = 2; p.seed = 104;
-    check_distribution("top_k=2", l4, 4, &p, N, NULL);
+    check_distribution("top_k=2", l4, 4, &p, N, NULL, 1);
     dsv4_sample_params_default(&p);
     p.top_p = 0.6f; p.seed = 105;
-    check_distribution("top_p=0.6", l4, 4, &p, N, NULL);
+    check_distribution("top_p=0.6", l4, 4, &p, N, NULL, 1);
     p.top_p = 0.85f; p.seed = 106;
-    check_distribution("top_p=0.85", l4, 4, &p, N, NULL);
+    check_distribution("top_p=0.85", l4, 4, &p, N, NULL, 1);
     dsv4_sample_params_default(&p);
     p.min_p = 0.2f; p.seed = 107;
-    check_distribution("min_p=0.2", m4, 4, &p, N, NULL);
+    check_distribution("min_p=0.2", m4, 4, &p, N, NULL, 1);
     p.min_p = 0.5f; p.seed = 108;
-    check_distribution("min_p=0.5", m4, 4, &p, N, NULL);
+    check_distribution("min_p=0.5", m4, 4, &p, N, NULL, 1);
     p.min_p = 0.2f; p.top_k = 3; p.seed = 109;
-    check_distribution("min_p=0.2 top_k=3", m4, 4, &p, N, NULL);
+    check_distribution("min_p=0.2 top_k=3", m4, 4, &p, N, NULL, 1);
     p.top_k = 0; p.top_p = 0.9f; p.seed = 110;
-    check_distribution("min_p=0.2 top_p=0.9", m4, 4, &p, N, NULL);
+    check_distribution("min_p=0.2 top_p=0.9", m4, 4, &p, N, NULL, 1);
+}
+
+/* Ties: top-k keeps exactly k and top-p cuts exactly where the mass says,
+ * both preferring lower ids, on every code path. */
+static void test_ties(void)
+{
+    enum { V = 4096 };
+    static float flat[V];
+    for (int i = 0; i < V; i++)
+        flat[i] = 1.5f;
+    static double want[V];
+    dsv4_sample_params p;
+    const struct { int k; float top_p; int keep; const char *name; } cases[] = {
+        { 3, 1.0f, 3, "flat top_k=3 (heap)" },
+        { 3000, 1.0f, 3000, "flat top_k=3000 (histogram)" },
+        { 0, 0.5f, 2048, "flat top_p=0.5 (histogram)" },
+        { 100, 0.25f, 25, "flat top_k=100 top_p=0.25 (heap + weighted select)" },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        dsv4_sample_params_default(&p);
+        p.top_k = cases[c].k;
+        p.top_p = cases[c].top_p;
+        p.seed = 400 + c;
+        for (int i = 0; i < V; i++)
+            want[i] = i < cases[c].keep ? 1.0 / cases[c].keep : 0.0;
+        check_distribution(cases[c].name, flat, V, &p, 8000, want, 1);
+    }
+
+    /* Exact mass ties at every cut position: k equal tokens, top_p * k an
+     * exact integer j, so the cut must land on exactly j tokens (the mass
+     * before token j is j - 1 < target, and it reaches target itself).  A
+     * sweep over k puts the crossing token under the weighted quickselect's
+     * pivot for some of them. */
+    enum { S = 200 };
+    static float small[S], work[S];
+    for (int i = 0; i < S; i++)
+        small[i] = -0.5f;
+    const float ps[3] = { 0.25f, 0.5f, 0.75f };
+    int stray = 0, runs = 0;
+    for (int k = 20; k <= 140; k += 4) {
+        for (int pi = 0; pi < 3; pi++) {
+            int keep = (int)(ps[pi] * (float)k);
+            dsv4_sample_params_default(&p);
+            p.top_k = k;
+            p.top_p = ps[pi];
+            p.seed = (uint64_t)(k * 3 + pi);
+            dsv4_sampler *s = make(S, &p);
+            for (int t = 0; s && t < 200; t++) {
+                int32_t tok = sample_copy(s, small, work, S);
+                stray += tok < 0 || tok >= keep;
+            }
+            runs++;
+            dsv4_sampler_free(s);
+        }
+    }
+    TEST_CHECK(stray == 0 && runs == 93, "exact top-p ties: %d strays over %d settings", stray, runs);
+
+    /* An exact mass tie at a histogram bucket edge: weights 1, 1 and four of
+     * exactly 0.5 (the sampler's exp(-ln 2) is exactly 0.5f), z = 4, and
+     * top_p = 0.5 is reached exactly by the first bucket: keep 2 tokens. */
+    const float edge[6] = { 0.0f, 0.0f, -0.6931472f, -0.6931472f, -0.6931472f, -0.6931472f };
+    float ework[6];
+    dsv4_sample_params_default(&p);
+    p.top_p = 0.5f;
+    p.seed = 500;
+    dsv4_sampler *se = make(6, &p);
+    stray = 0;
+    for (int t = 0; se && t < 400; t++) {
+        int32_t tok = sample_copy(se, edge, ework, 6);
+        stray += tok != 0 && tok != 1;
+    }
+    TEST_CHECK(stray == 0, "exact top-p tie at a bucket edge: %d/400 draws outside {0, 1}", stray);
+    dsv4_sampler_free(se);
 }
 
 /* Larger vocabularies: the block walk, the top-p pre-filter and incremental
@@ -619,22 +696,32 @@ static void test_large_distributions(void)
 
     dsv4_sample_params_default(&p);
     p.temperature = 1.3f; p.seed = 201;
-    check_distribution("V=3000 plain", base, V, &p, N, NULL);
+    check_distribution("V=3000 plain", base, V, &p, N, NULL, 1);
     p.min_p = 0.3f; p.seed = 202;
-    check_distribution("V=3000 min_p", base, V, &p, N, NULL);
+    check_distribution("V=3000 min_p", base, V, &p, N, NULL, 1);
     dsv4_sample_params_default(&p);
     p.temperature = 0.7f; p.top_p = 0.9f; p.seed = 203;
-    check_distribution("V=3000 top_p", base, V, &p, N, NULL);
+    check_distribution("V=3000 top_p", base, V, &p, N, NULL, 1);
     dsv4_sample_params_default(&p);
     p.top_k = 700; p.top_p = 0.95f; p.min_p = 0.05f; p.seed = 204;
-    check_distribution("V=3000 heap top_k + top_p + min_p", base, V, &p, N, NULL);
+    check_distribution("V=3000 heap top_k + top_p + min_p", base, V, &p, N, NULL, 1);
     dsv4_sample_params_default(&p);
     p.top_k = 1500; p.top_p = 0.97f; p.seed = 205;
-    check_distribution("V=3000 select top_k + top_p", base, V, &p, N, NULL);
+    check_distribution("V=3000 heap top_k=1500 + top_p", base, V, &p, N, NULL, 1);
+    p.top_k = 2500; p.top_p = 0.97f; p.seed = 208;
+    check_distribution("V=3000 histogram top_k=2500 + top_p", base, V, &p, N, NULL, 1);
     p.top_p = 1.0f; p.min_p = 0.1f; p.seed = 206;
-    check_distribution("V=3000 select top_k + min_p", base, V, &p, N, NULL);
+    check_distribution("V=3000 histogram top_k + min_p", base, V, &p, N, NULL, 1);
     p.top_k = 40; p.top_p = 1.0f; p.min_p = 0.0f; p.temperature = 3.0f; p.seed = 207;
-    check_distribution("V=3000 heap top_k=40", base, V, &p, N, NULL);
+    check_distribution("V=3000 heap top_k=40", base, V, &p, N, NULL, 1);
+
+    /* more blocks than k: the heap skips blocks by the k-th block maximum */
+    enum { W = 20000 };
+    static float wide[W];
+    random_logits(wide, W, 1.0f);
+    dsv4_sample_params_default(&p);
+    p.top_k = 10; p.temperature = 0.5f; p.seed = 209;
+    check_distribution("V=20000 heap top_k=10 (block skipping)", wide, W, &p, N, NULL, 1);
 }
 
 /* Full vocabulary: every draw must come from the reference's support. */
@@ -715,8 +802,9 @@ static void test_determinism(void)
     /* The stream is pinned: xoshiro256** from splitmix64(seed) and the
      * sampler's own exp make these the tokens on every machine and compiler.
      * A change here changes every seeded completion users have recorded. */
-    static const int32_t golden[16] = { 14, 447, 437, 261, 11, 96, 265, 232,
-                                         484, 234, 392, 51, 312, 282, 423, 13 };
+    static const int32_t golden[16] = { 14, 396, 369, 429, 15, 454, 267, 105,
+                                         170, 365, 339, 82, 90, 258, 124, 489 };
+    /* build with -DPRINT_GOLDEN to print the new values after a deliberate change */
 #ifdef PRINT_GOLDEN
     for (int i = 0; i < 16; i++) fprintf(stderr, "%d, ", a[i]);
     fprintf(stderr, "\n");
@@ -890,6 +978,7 @@ int main(void)
     test_topk1_is_greedy();
     test_top_p_tiny();
     test_small_distributions();
+    test_ties();
     test_large_distributions();
     test_full_vocab();
     test_determinism();
