@@ -20,6 +20,10 @@
 #include "seq.h"
 #include "util.h"
 
+/* Rows whose routed experts are computed together (bounds the expert
+ * buffers: moe_chunk * k rows of D and I floats). */
+#define DSV4_MOE_CHUNK 512
+
 /* The rows of one sequence inside a step: rows row0 .. row0+n-1 of every
  * activation buffer, at positions pos0 .. pos0+n-1 of seq. */
 typedef struct {
@@ -59,7 +63,6 @@ struct dsv4_ctx {
     float *iw;         /* [n, Hi] indexer head weights */
     float *glog;       /* [n, E] gate logits */
     float *h1, *h3;    /* [n, I] expert hidden */
-    float *ey;         /* [n, D] expert output */
     float *tmp;        /* [hc*D] copy of one token's streams for HC_POST */
     float *head_in;    /* [D] */
     float *mtp_x;      /* [hc*D] MTP block streams */
@@ -70,8 +73,17 @@ struct dsv4_ctx {
     int          *topk;       /* [index_topk] */
     const float **pool_kv;    /* [2*max ratio] compressor slots */
     const float **pool_sc;
-    int          *sel;        /* [k] */
-    float        *selw;       /* [k] */
+    /* MoE grouped by expert: rows of up to moe_chunk tokens at a time, each
+     * (row, slot) assignment gets a place in the expert-sorted buffers */
+    int           moe_chunk;
+    int          *route_sel;  /* [max_chunk * k] selected experts of each row */
+    float        *route_w;    /* [max_chunk * k] their routing weights */
+    int          *route_pos;  /* [moe_chunk * k] place of assignment (row, slot) */
+    int          *exp_start;  /* [E + 1] first place of each expert */
+    float        *xa;         /* [moe_chunk * k, D] gathered expert inputs */
+    float        *eh1, *eh3;  /* [moe_chunk * k, I] expert hidden */
+    float        *eyb;        /* [moe_chunk * k, D] expert outputs */
+    dsv4_matmul_job *jobs;    /* [max(2E, 8) + 1] */
 };
 
 /* ---- mHC (§4.3) -------------------------------------------------------- */
@@ -218,14 +230,17 @@ dsv4_cmp_push(dsv4_ctx *c, dsv4_cmp_state *cs, int ratio, int d, int t,
     return 1;
 }
 
-/* Compressor projections of every row of the step: kbuf, zbuf [nrows, c*d]. */
-static void
-dsv4_compress_project(dsv4_ctx *c, const dsv4_compressor_w *cw, float *kbuf, float *zbuf)
+/* Appends the compressor projections of every row of the step (kbuf, zbuf
+ * [nrows, c*d]) to a batch of matmul jobs; returns the new job count. */
+static int
+dsv4_compress_jobs(dsv4_ctx *c, const dsv4_compressor_w *cw, float *kbuf, float *zbuf,
+                   dsv4_matmul_job *jobs, int nj)
 {
     int w = cw->c * cw->d, D = c->m->cfg.dim;
 
-    c->be->matmul(c->be, &cw->wkv, 0, w, c->a, D, c->nrows, kbuf, w);
-    c->be->matmul(c->be, &cw->wgate, 0, w, c->a, D, c->nrows, zbuf, w);
+    jobs[nj++] = (dsv4_matmul_job) { &cw->wkv, 0, w, c->a, D, c->nrows, kbuf, w };
+    jobs[nj++] = (dsv4_matmul_job) { &cw->wgate, 0, w, c->a, D, c->nrows, zbuf, w };
+    return nj;
 }
 
 /* Feeds one sequence's rows (kbuf/zbuf already offset to its first row) to
@@ -296,13 +311,33 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
     const dsv4_backend *be = c->be;
     int                 n = c->nrows;
 
-    /* queries */
-    be->matmul(be, &aw->wq_a, 0, Rq, c->a, D, n, c->qr, Rq);
+    /* every projection of the block input in one parallel job: query
+     * latent, window K=V, compressor and indexer inputs */
+    dsv4_matmul_job *jobs = c->jobs;
+    int              nj = 0;
+    jobs[nj++] = (dsv4_matmul_job) { &aw->wq_a, 0, Rq, c->a, D, n, c->qr, Rq };
+    jobs[nj++] = (dsv4_matmul_job) { &aw->wkv, 0, hd, c->a, D, n, c->kv, hd };
+    if (ratio > 0) {
+        nj = dsv4_compress_jobs(c, &aw->cmp, c->ck, c->cz, jobs, nj);
+    }
+    if (ratio == 4) {
+        jobs[nj++] = (dsv4_matmul_job) { &aw->idx_wproj, 0, Hi, c->a, D, n, c->iw, Hi };
+        nj = dsv4_compress_jobs(c, &aw->idx_cmp, c->ik, c->iz, jobs, nj);
+    }
+    be->matmul_batch(be, jobs, nj);
+
+    /* queries (and the indexer's, from the same normalised latent) */
     for (int i = 0; i < n; i++) {
         float *qri = c->qr + (size_t) i * Rq;
         be->rmsnorm(be, qri, qri, aw->q_norm, Rq, cfg->norm_eps);
     }
-    be->matmul(be, &aw->wq_b, 0, H * hd, c->qr, Rq, n, c->q, H * hd);
+    nj = 0;
+    jobs[nj++] = (dsv4_matmul_job) { &aw->wq_b, 0, H * hd, c->qr, Rq, n, c->q, H * hd };
+    if (ratio == 4) {
+        jobs[nj++] = (dsv4_matmul_job) { &aw->idx_wq_b, 0, Hi * di, c->qr, Rq, n, c->iq,
+                                         Hi * di };
+    }
+    be->matmul_batch(be, jobs, nj);
     for (int i = 0; i < n; i++) {
         for (int h = 0; h < H; h++) {
             float *qh = c->q + ((size_t) i * H + h) * hd;
@@ -311,7 +346,6 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
         }
     }
     /* window K=V */
-    be->matmul(be, &aw->wkv, 0, hd, c->a, D, n, c->kv, hd);
     for (int i = 0; i < n; i++) {
         float *kvi = c->kv + (size_t) i * hd;
         be->rmsnorm(be, kvi, kvi, aw->kv_norm, hd, cfg->norm_eps);
@@ -321,7 +355,6 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
     /* compressed history */
     if (ratio > 0) {
         int w = aw->cmp.c * hd;
-        dsv4_compress_project(c, &aw->cmp, c->ck, c->cz);
         for (int g = 0; g < c->nseg; g++) {
             dsv4_seg         *sg = &c->segs[g];
             dsv4_layer_state *ls = &sg->seq->layers[l];
@@ -331,7 +364,6 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
         }
     }
     if (ratio == 4) {
-        be->matmul(be, &aw->idx_wq_b, 0, Hi * di, c->qr, Rq, n, c->iq, Hi * di);
         for (int i = 0; i < n; i++) {
             for (int h = 0; h < Hi; h++) {
                 float *qh = c->iq + ((size_t) i * Hi + h) * di;
@@ -340,12 +372,10 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
                 be->fake_quant_fp4(be, qh, di, 32);
             }
         }
-        be->matmul(be, &aw->idx_wproj, 0, Hi, c->a, D, n, c->iw, Hi);
         float wscale = 1.0f / sqrtf((float) di) / sqrtf((float) Hi);
         for (int k = 0; k < n * Hi; k++) {
             c->iw[k] *= wscale;
         }
-        dsv4_compress_project(c, &aw->idx_cmp, c->ik, c->iz);
         for (int g = 0; g < c->nseg; g++) {
             dsv4_seg         *sg = &c->segs[g];
             dsv4_layer_state *ls = &sg->seq->layers[l];
@@ -389,9 +419,10 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
     /* grouped low-rank output projection: group g sees only its heads */
     int gin = H * hd / G;
     for (int g = 0; g < G; g++) {
-        be->matmul(be, &aw->wo_a, g * Ro, (g + 1) * Ro, c->o + (size_t) g * gin, H * hd, n,
-                   c->olow + (size_t) g * Ro, G * Ro);
+        jobs[g] = (dsv4_matmul_job) { &aw->wo_a, g * Ro, (g + 1) * Ro, c->o + (size_t) g * gin,
+                                      H * hd, n, c->olow + (size_t) g * Ro, G * Ro };
     }
+    be->matmul_batch(be, jobs, G);
     be->matmul(be, &aw->wo_b, 0, D, c->olow, G * Ro, n, c->y, D);
 }
 
@@ -411,57 +442,141 @@ dsv4_swiglu(float *g, const float *u, int n, float limit, float w)
     }
 }
 
+/* Routing of every row of the step: route_sel/route_w [n, k]. */
+static void
+dsv4_moe_route(dsv4_ctx *c, const dsv4_layer_w *lw)
+{
+    const dsv4_config *cfg = &c->m->cfg;
+    const dsv4_moe_w  *f = &lw->ffn;
+    int                E = cfg->n_routed_experts, k = cfg->n_active_experts;
+
+    for (int i = 0; i < c->nrows; i++) {
+        float *s = c->glog + (size_t) i * E, sum = 0.0f;
+        int   *sel = c->route_sel + (size_t) i * k;
+        for (int e = 0; e < E; e++) {
+            float x = s[e];          /* sqrt(softplus(x)), softplus computed stably */
+            s[e] = sqrtf(fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))));
+        }
+        if (lw->hash) {
+            memcpy(sel, f->tid2eid + (size_t) *c->row_tok[i] * k, (size_t) k * sizeof(int));
+        } else {
+            /* the bias steers selection only; weights use the original scores */
+            for (int e = 0; e < E; e++) {
+                c->scores[e] = s[e] + f->gate_bias[e];
+            }
+            dsv4_topk(c->scores, E, k, sel);
+        }
+        for (int j = 0; j < k; j++) {
+            sum += s[sel[j]];
+        }
+        for (int j = 0; j < k; j++) {
+            c->route_w[(size_t) i * k + j] = s[sel[j]] / sum * cfg->route_scale;
+        }
+    }
+}
+
+/*
+ * Routed experts of rows [i0, i1), grouped by expert: every row that chose
+ * expert e is gathered into one block, so each selected expert's weights are
+ * read once per step for all its rows, and all experts run as one parallel
+ * job (w1 and w3 together, then w2).  Each (row, slot) output is kept apart
+ * and added to y in slot order afterwards, so a row's result is the same
+ * whatever else shares the step.  extra (may be NULL) joins the first job.
+ */
+static void
+dsv4_moe_experts(dsv4_ctx *c, const dsv4_moe_w *f, int i0, int i1,
+                 const dsv4_matmul_job *extra)
+{
+    const dsv4_config  *cfg = &c->m->cfg;
+    const dsv4_backend *be = c->be;
+    int D = cfg->dim, I = cfg->moe_inter_dim, E = cfg->n_routed_experts, k = cfg->n_active_experts;
+    int *start = c->exp_start, nj = 0, na = (i1 - i0) * k;
+
+    /* counting sort of the assignments by expert (rows stay in order) */
+    memset(start, 0, (size_t) (E + 1) * sizeof(int));
+    for (int a = 0; a < na; a++) {
+        start[c->route_sel[(size_t) i0 * k + a] + 1]++;
+    }
+    for (int e = 0; e < E; e++) {
+        start[e + 1] += start[e];
+    }
+    for (int a = 0; a < na; a++) {
+        int p = start[c->route_sel[(size_t) i0 * k + a]]++;
+        c->route_pos[a] = p;
+        memcpy(c->xa + (size_t) p * D, c->a + (size_t) (i0 + a / k) * D, (size_t) D * sizeof(float));
+    }
+    for (int e = E; e > 0; e--) {                   /* back to first places */
+        start[e] = start[e - 1];
+    }
+    start[0] = 0;
+
+    if (extra != NULL) {
+        c->jobs[nj++] = *extra;
+    }
+    for (int e = 0; e < E; e++) {
+        int cnt = start[e + 1] - start[e];
+        if (cnt == 0) {
+            continue;
+        }
+        const dsv4_expert_w *x = &f->experts[e];
+        c->jobs[nj++] = (dsv4_matmul_job) { &x->w1, 0, I, c->xa + (size_t) start[e] * D, D, cnt,
+                                            c->eh1 + (size_t) start[e] * I, I };
+        c->jobs[nj++] = (dsv4_matmul_job) { &x->w3, 0, I, c->xa + (size_t) start[e] * D, D, cnt,
+                                            c->eh3 + (size_t) start[e] * I, I };
+    }
+    be->matmul_batch(be, c->jobs, nj);
+    for (int a = 0; a < na; a++) {
+        int p = c->route_pos[a];
+        dsv4_swiglu(c->eh1 + (size_t) p * I, c->eh3 + (size_t) p * I, I, cfg->swiglu_limit,
+                    c->route_w[(size_t) i0 * k + a]);
+    }
+    nj = 0;
+    for (int e = 0; e < E; e++) {
+        int cnt = start[e + 1] - start[e];
+        if (cnt > 0) {
+            c->jobs[nj++] = (dsv4_matmul_job) { &f->experts[e].w2, 0, D,
+                                                c->eh1 + (size_t) start[e] * I, I, cnt,
+                                                c->eyb + (size_t) start[e] * D, D };
+        }
+    }
+    be->matmul_batch(be, c->jobs, nj);
+    for (int i = i0; i < i1; i++) {
+        float *yi = c->y + (size_t) i * D;
+        for (int j = 0; j < k; j++) {
+            const float *ey = c->eyb + (size_t) c->route_pos[(i - i0) * k + j] * D;
+            for (int d = 0; d < D; d++) {
+                yi[d] += ey[d];
+            }
+        }
+    }
+}
+
 static void
 dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw)
 {
     const dsv4_config  *cfg = &c->m->cfg;
     const dsv4_moe_w   *f = &lw->ffn;
     const dsv4_backend *be = c->be;
-    int D = cfg->dim, I = cfg->moe_inter_dim, E = cfg->n_routed_experts, k = cfg->n_active_experts;
+    int D = cfg->dim, I = cfg->moe_inter_dim, E = cfg->n_routed_experts;
     int n = c->nrows;
 
-    /* shared expert over the whole chunk */
-    be->matmul(be, &f->shared.w1, 0, I, c->a, D, n, c->h1, I);
-    be->matmul(be, &f->shared.w3, 0, I, c->a, D, n, c->h3, I);
+    /* shared expert's w1/w3 and the gate read the same input: one job */
+    dsv4_matmul_job first[3] = {
+        { &f->shared.w1, 0, I, c->a, D, n, c->h1, I },
+        { &f->shared.w3, 0, I, c->a, D, n, c->h3, I },
+        { &f->gate, 0, E, c->a, D, n, c->glog, E },
+    };
+    be->matmul_batch(be, first, 3);
     for (int i = 0; i < n; i++) {
         dsv4_swiglu(c->h1 + (size_t) i * I, c->h3 + (size_t) i * I, I, cfg->swiglu_limit, 1.0f);
     }
-    be->matmul(be, &f->shared.w2, 0, D, c->h1, I, n, c->y, D);
-
-    be->matmul(be, &f->gate, 0, E, c->a, D, n, c->glog, E);
-    for (int i = 0; i < n; i++) {
-        float *s = c->glog + (size_t) i * E, sum = 0.0f;
-        for (int e = 0; e < E; e++) {
-            float x = s[e];          /* sqrt(softplus(x)), softplus computed stably */
-            s[e] = sqrtf(fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))));
-        }
-        if (lw->hash) {
-            memcpy(c->sel, f->tid2eid + (size_t) *c->row_tok[i] * k, (size_t) k * sizeof(int));
-        } else {
-            /* the bias steers selection only; weights use the original scores */
-            for (int e = 0; e < E; e++) {
-                c->scores[e] = s[e] + f->gate_bias[e];
-            }
-            dsv4_topk(c->scores, E, k, c->sel);
-        }
-        for (int j = 0; j < k; j++) {
-            sum += s[c->sel[j]];
-        }
-        for (int j = 0; j < k; j++) {
-            c->selw[j] = s[c->sel[j]] / sum * cfg->route_scale;
-        }
-        const float *ai = c->a + (size_t) i * D;
-        float       *yi = c->y + (size_t) i * D;
-        for (int j = 0; j < k; j++) {
-            const dsv4_expert_w *x = &f->experts[c->sel[j]];
-            be->matmul(be, &x->w1, 0, I, ai, D, 1, c->h1, I);
-            be->matmul(be, &x->w3, 0, I, ai, D, 1, c->h3, I);
-            dsv4_swiglu(c->h1, c->h3, I, cfg->swiglu_limit, c->selw[j]);
-            be->matmul(be, &x->w2, 0, D, c->h1, I, 1, c->ey, D);
-            for (int d = 0; d < D; d++) {
-                yi[d] += c->ey[d];
-            }
-        }
+    dsv4_moe_route(c, lw);
+    /* the shared expert's w2 writes y before any routed output is added; it
+     * joins the first routed job */
+    dsv4_matmul_job shared_w2 = { &f->shared.w2, 0, D, c->h1, I, n, c->y, D };
+    for (int i0 = 0; i0 < n; i0 += c->moe_chunk) {
+        int i1 = i0 + c->moe_chunk < n ? i0 + c->moe_chunk : n;
+        dsv4_moe_experts(c, f, i0, i1, i0 == 0 ? &shared_w2 : NULL);
     }
 }
 
@@ -701,6 +816,11 @@ dsv4_ctx_new(const dsv4_model *m, const dsv4_backend *be, int max_chunk, int max
     c->be = be;
     c->max_chunk = max_chunk;
     c->max_ctx = max_ctx;
+    /* expert buffers hold DSV4_MOE_CHUNK rows at a time: a long prefill
+     * re-reads the experts every chunk, a bounded cost (see dsv4_moe) */
+    c->moe_chunk = max_chunk < DSV4_MOE_CHUNK ? max_chunk : DSV4_MOE_CHUNK;
+    size_t na = (size_t) c->moe_chunk * cfg->n_active_experts;
+    int    njobs = 2 * cfg->n_routed_experts + 8 + cfg->o_groups;
 #define ALLOC(p, count) ((p) = calloc((count), sizeof(*(p)))) == NULL
     if (ALLOC(c->x, n * hc * D) || ALLOC(c->post, n * hc) || ALLOC(c->comb, n * hc * hc)
         || ALLOC(c->mix, n * (2 + hc) * hc) || ALLOC(c->a, n * D)
@@ -713,13 +833,17 @@ dsv4_ctx_new(const dsv4_model *m, const dsv4_backend *be, int max_chunk, int max
         || ALLOC(c->iq, n * cfg->index_n_heads * cfg->index_head_dim)
         || ALLOC(c->iw, n * cfg->index_n_heads) || ALLOC(c->glog, n * cfg->n_routed_experts)
         || ALLOC(c->h1, n * cfg->moe_inter_dim) || ALLOC(c->h3, n * cfg->moe_inter_dim)
-        || ALLOC(c->ey, n * D) || ALLOC(c->tmp, (size_t) hc * D) || ALLOC(c->head_in, D)
+        || ALLOC(c->tmp, (size_t) hc * D) || ALLOC(c->head_in, D)
         || ALLOC(c->mtp_x, (size_t) hc * D) || ALLOC(c->mtp_e, D) || ALLOC(c->mtp_h, (size_t) hc * D)
         || ALLOC(c->keys, max_keys) || ALLOC(c->scores, nscores)
         || ALLOC(c->topk, cfg->index_topk) || ALLOC(c->pool_kv, 2 * max_ratio)
-        || ALLOC(c->pool_sc, 2 * max_ratio) || ALLOC(c->sel, cfg->n_active_experts)
-        || ALLOC(c->selw, cfg->n_active_experts) || ALLOC(c->segs, n)
-        || ALLOC(c->row_tok, n) || ALLOC(c->row_pos, n) || ALLOC(c->row_seg, n)) {
+        || ALLOC(c->pool_sc, 2 * max_ratio) || ALLOC(c->segs, n)
+        || ALLOC(c->row_tok, n) || ALLOC(c->row_pos, n) || ALLOC(c->row_seg, n)
+        || ALLOC(c->route_sel, n * cfg->n_active_experts)
+        || ALLOC(c->route_w, n * cfg->n_active_experts) || ALLOC(c->route_pos, na)
+        || ALLOC(c->exp_start, cfg->n_routed_experts + 1) || ALLOC(c->xa, na * D)
+        || ALLOC(c->eh1, na * cfg->moe_inter_dim) || ALLOC(c->eh3, na * cfg->moe_inter_dim)
+        || ALLOC(c->eyb, na * D) || ALLOC(c->jobs, njobs)) {
         dsv4_ctx_free(c);
         dsv4_error(err, errlen, "out of memory for the activation buffers");
         return NULL;
@@ -736,8 +860,8 @@ dsv4_ctx_free(dsv4_ctx *c)
     }
     float *bufs[] = { c->x, c->post, c->comb, c->mix, c->a, c->qr, c->q, c->kv, c->o, c->olow,
                       c->y, c->ck, c->cz, c->ik, c->iz, c->iq, c->iw, c->glog, c->h1, c->h3,
-                      c->ey, c->tmp, c->head_in, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
-                      c->selw };
+                      c->tmp, c->head_in, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
+                      c->route_w, c->xa, c->eh1, c->eh3, c->eyb };
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         free(bufs[i]);
     }
@@ -745,10 +869,13 @@ dsv4_ctx_free(dsv4_ctx *c)
     free(c->topk);
     free(c->pool_kv);
     free(c->pool_sc);
-    free(c->sel);
     free(c->segs);
     free(c->row_tok);
     free(c->row_pos);
     free(c->row_seg);
+    free(c->route_sel);
+    free(c->route_pos);
+    free(c->exp_start);
+    free(c->jobs);
     free(c);
 }

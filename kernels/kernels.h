@@ -32,6 +32,18 @@ typedef struct {
 
 typedef struct dsv4_backend dsv4_backend;
 
+/* One matmul of a batch (see matmul_batch): the arguments of `matmul`. */
+typedef struct {
+    const dsv4_mat *w;
+    int             row_begin;
+    int             row_end;
+    const float    *x;
+    int             ldx;
+    int             n;
+    float          *y;
+    int             ldy;
+} dsv4_matmul_job;
+
 /* Every op takes the backend itself first, so a backend can carry state
  * (a thread pool, a device stream) in `impl`. */
 struct dsv4_backend {
@@ -42,6 +54,11 @@ struct dsv4_backend {
      * x: [n, ldx] (first W.cols used), y: [n, ldy]. */
     void (*matmul)(const dsv4_backend *be, const dsv4_mat *w, int row_begin, int row_end,
                    const float *x, int ldx, int n, float *y, int ldy);
+
+    /* Independent matmuls in one call, each exactly as `matmul` would compute
+     * it: a threaded backend runs them as one parallel job (the experts of a
+     * MoE step, projections sharing an input).  Outputs must not overlap. */
+    void (*matmul_batch)(const dsv4_backend *be, const dsv4_matmul_job *jobs, int njobs);
 
     /* y[d] = w ⊙ x / sqrt(mean(x²) + eps); w may be NULL (unit weights);
      * y may alias x. */
@@ -91,5 +108,45 @@ struct dsv4_backend {
 
 /* The scalar reference backend (kernels/cpu/scalar.c). */
 const dsv4_backend *dsv4_backend_cpu_scalar(void);
+
+/*
+ * The fast CPU backend (kernels/cpu/backend.c): SIMD kernels chosen at
+ * runtime (AVX-512, AVX2+FMA, or portable C) and a persistent pool of
+ * nthreads threads (0: one per CPU this process may run on).  The
+ * environment may override the kernels (DSV4_CPU_ISA=avx512|avx2|generic)
+ * and route matmuls of >= 16 tokens through OpenBLAS (DSV4_CPU_BLAS=1).
+ * Returns NULL with err on failure; free with dsv4_backend_cpu_free().
+ *
+ * On one kernel set, results do not depend on the thread count, the chunk
+ * size or the batch (see kernels/cpu/cpu.h); they differ from the scalar
+ * reference by float32 summation order only.  OpenBLAS breaks the first
+ * property (its sums are ordered differently from the decode kernels).
+ */
+const dsv4_backend *dsv4_backend_cpu_new(int nthreads, char *err, size_t errlen);
+
+typedef struct {
+    int         nthreads;   /* 0 = one per available CPU */
+    const char *isa;        /* NULL/"auto", "avx512", "avx2", "generic" */
+    int         blas;       /* 1: OpenBLAS sgemm for matmuls of >= 16 tokens */
+} dsv4_cpu_opts;
+
+/* As dsv4_backend_cpu_new, with explicit options (no environment). */
+const dsv4_backend *dsv4_backend_cpu_new_opts(const dsv4_cpu_opts *o, char *err,
+                                              size_t errlen);
+void dsv4_backend_cpu_free(const dsv4_backend *be);
+
+/* "avx512", "avx2" or "generic": the best kernels this CPU runs. */
+const char *dsv4_cpu_best_isa(void);
+int         dsv4_backend_cpu_threads(const dsv4_backend *be);
+
+/* Counters of a fast CPU backend since creation or the last reset (zero for
+ * other backends): weight bytes are those of the rows each matmul read. */
+typedef struct {
+    uint64_t matmul_calls;
+    uint64_t weight_bytes;
+    uint64_t flops;          /* 2 x rows x cols x tokens */
+} dsv4_cpu_stats;
+
+void dsv4_backend_cpu_stats(const dsv4_backend *be, dsv4_cpu_stats *st, int reset);
 
 #endif

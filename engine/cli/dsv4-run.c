@@ -2,11 +2,14 @@
  * dsv4-run: generate from a model directory without nginx.
  *
  *   dsv4-run -m DIR --prompt-ids 5,17,42 -n 8 [--temperature 0] [--seed S]
- *            [--logits-out FILE] [--mtp-out FILE] [--chunk N] [--ctx N] ...
+ *            [--logits-out FILE] [--mtp-out FILE] [--chunk N] [--ctx N]
+ *            [--threads N] [--kernels auto|scalar|avx512|avx2|generic] ...
+ *   dsv4-run -m DIR --prompt "text" [-n N] [--think] [--raw] ...
  *   dsv4-run -m DIR --inspect
  *
- * Prints the generated ids comma-separated on one stdout line.  Exit 0 on
- * success, 1 with a one-line error on stderr otherwise.
+ * With --prompt-ids, prints the generated ids comma-separated on one stdout
+ * line; with --prompt, streams the generated text.  Exit 0 on success, 1
+ * with a one-line error on stderr otherwise.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,7 +18,11 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include <jansson.h>
+
+#include "chat.h"
 #include "dsv4.h"
+#include "tokenizer.h"
 #include "sample.h"
 
 static void
@@ -23,10 +30,16 @@ usage(FILE *f)
 {
     fprintf(f,
         "usage: dsv4-run -m MODEL_DIR --prompt-ids ID,ID,... [-n N] [options]\n"
+        "       dsv4-run -m MODEL_DIR --prompt TEXT [-n N] [--think] [--raw] [options]\n"
         "       dsv4-run -m MODEL_DIR --inspect\n"
         "\n"
         "  -m, --model DIR         model directory (config.json + safetensors shards)\n"
         "      --prompt-ids LIST   prompt token ids, comma-separated, fed from position 0\n"
+        "      --prompt TEXT       a user message, rendered with the V4 chat encoding and\n"
+        "                          tokenized with the model's tokenizer.json; the reply\n"
+        "                          is streamed as text and ends at EOS\n"
+        "      --think             thinking mode for --prompt (default: chat mode)\n"
+        "      --raw               --prompt is raw text (BOS + text), not a chat turn\n"
         "  -n N                    tokens to generate (default 16)\n"
         "      --stop-eos          stop early when the model emits its EOS token\n"
         "      --temperature T     0 = greedy (default 1.0)\n"
@@ -39,6 +52,9 @@ usage(FILE *f)
         "                          whose next token is known (t = 0 .. prompt+n-2)\n"
         "      --chunk N           prefill chunk size (default 64)\n"
         "      --ctx N             context capacity (default prompt + n)\n"
+        "      --threads N         compute threads (default 0 = one per available CPU)\n"
+        "      --kernels K         auto (default: the best this CPU runs), avx512, avx2,\n"
+        "                          generic (portable C) or scalar (the reference)\n"
         "      --inspect           validate the tensor inventory without reading weights;\n"
         "                          print parameter counts and mapped bytes\n"
         "  -h, --help\n");
@@ -85,6 +101,60 @@ parse_num(const char *name, const char *s, double lo, double hi, double *out)
         fprintf(stderr, "dsv4-run: invalid %s \"%s\" (expected %g..%g)\n", name, s, lo, hi);
         return -1;
     }
+    return 0;
+}
+
+/* Renders text as a one-message chat (or BOS + text with raw) and tokenizes
+ * it with DIR's tokenizer.  On success *tok and *ids belong to the caller. */
+static int
+encode_prompt(const char *dir, const char *text, int think, int raw, dsv4_tokenizer **tok,
+              int32_t **ids, int *nids)
+{
+    char              err[512];
+    dsv4_chat_options opt;
+    dsv4_chat_prompt  cp = { 0 };
+    json_t           *req;
+    size_t            n = 0;
+    int               rc;
+
+    if (dsv4_tokenizer_load(dir, tok, err, sizeof(err)) != 0) {
+        fprintf(stderr, "dsv4-run: %s\n", err);
+        return -1;
+    }
+    if (raw) {
+        size_t len = strlen(text) + sizeof(DSV4_BOS);
+        if ((cp.text = malloc(len)) == NULL) {
+            fprintf(stderr, "dsv4-run: out of memory\n");
+            return -1;
+        }
+        cp.len = (size_t) snprintf(cp.text, len, "%s%s", DSV4_BOS, text);
+    } else {
+        req = json_pack("{s:[{s:s,s:s}],s:b}", "messages", "role", "user", "content", text,
+                        "thinking", think);
+        if (req == NULL) {
+            fprintf(stderr, "dsv4-run: --prompt is not valid UTF-8\n");
+            return -1;
+        }
+        dsv4_chat_options_default(&opt);
+        rc = dsv4_chat_encode(req, &opt, &cp, err, sizeof(err));
+        json_decref(req);
+        if (rc != 0) {
+            fprintf(stderr, "dsv4-run: chat encoding: %s\n", err);
+            return -1;
+        }
+    }
+    rc = dsv4_tokenizer_encode_alloc(*tok, cp.text, cp.len, ids, &n);
+    if (raw) {
+        free(cp.text);
+    } else {
+        dsv4_chat_prompt_free(&cp);
+    }
+    if (rc != DSV4_TOK_OK || n == 0) {
+        fprintf(stderr, "dsv4-run: cannot tokenize --prompt (%s)\n",
+                rc == DSV4_TOK_EINVAL ? "invalid UTF-8" : "error");
+        return -1;
+    }
+    *nids = (int) n;
     return 0;
 }
 
@@ -143,6 +213,9 @@ main(int argc, char **argv)
     static const struct option opts[] = {
         { "model", required_argument, NULL, 'm' },
         { "prompt-ids", required_argument, NULL, 'p' },
+        { "prompt", required_argument, NULL, 'q' },
+        { "think", no_argument, NULL, 'H' },
+        { "raw", no_argument, NULL, 'r' },
         { "temperature", required_argument, NULL, 't' },
         { "top-k", required_argument, NULL, 'k' },
         { "top-p", required_argument, NULL, 'P' },
@@ -155,13 +228,18 @@ main(int argc, char **argv)
         { "mtp-out", required_argument, NULL, 'T' },
         { "chunk", required_argument, NULL, 'c' },
         { "ctx", required_argument, NULL, 'x' },
+        { "threads", required_argument, NULL, 'j' },
+        { "kernels", required_argument, NULL, 'K' },
         { "stop-eos", no_argument, NULL, 'e' },
         { "inspect", no_argument, NULL, 'i' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char        *dir = NULL, *ids_arg = NULL, *logits_path = NULL, *mtp_path = NULL;
+    const char        *kernels = "auto", *text = NULL;
+    int                think = 0, raw = 0;
     int                ngen = 16, chunk = 64, ctx_size = 0, do_inspect = 0, stop_eos = 0;
+    int                nthreads = 0;
     int                opt, rc = 1, nprompt = 0;
     double             v;
     int32_t           *prompt = NULL;
@@ -173,6 +251,9 @@ main(int argc, char **argv)
         switch (opt) {
         case 'm': dir = optarg; break;
         case 'p': ids_arg = optarg; break;
+        case 'q': text = optarg; break;
+        case 'H': think = 1; break;
+        case 'r': raw = 1; break;
         case 'l': logits_path = optarg; break;
         case 'T': mtp_path = optarg; break;
         case 'e': stop_eos = 1; break;
@@ -190,6 +271,11 @@ main(int argc, char **argv)
             if (parse_num("--ctx", optarg, 1, 1 << 24, &v)) return 1;
             ctx_size = (int) v;
             break;
+        case 'j':
+            if (parse_num("--threads", optarg, 0, 1024, &v)) return 1;
+            nthreads = (int) v;
+            break;
+        case 'K': kernels = optarg; break;
         case 't':
             if (parse_num("--temperature", optarg, 0, 1e6, &v)) return 1;
             sp.temperature = (float) v;
@@ -238,15 +324,23 @@ main(int argc, char **argv)
     if (do_inspect) {
         return inspect(dir);
     }
-    if (ids_arg == NULL || parse_ids(ids_arg, &prompt, &nprompt) != 0) {
+    if ((ids_arg == NULL) == (text == NULL)) {
+        fprintf(stderr, "dsv4-run: give exactly one of --prompt-ids and --prompt\n");
+        return 1;
+    }
+    if (ids_arg != NULL && parse_ids(ids_arg, &prompt, &nprompt) != 0) {
         fprintf(stderr, "dsv4-run: --prompt-ids needs a comma-separated list of token ids\n");
         free(prompt);
         return 1;
     }
 
-    dsv4_model   *m = NULL;
+    dsv4_model         *m = NULL;
+    const dsv4_backend *be = NULL, *be_owned = NULL;
     dsv4_seq     *s = NULL;
     dsv4_ctx     *c = NULL;
+    dsv4_tokenizer *tok_model = NULL;
+    dsv4_decoder    dec;
+    char           *piece = NULL;
     dsv4_sampler *smp = NULL;
     float        *logits = NULL, *mtp_logits = NULL, *pending_hidden = NULL;
     FILE         *lf = NULL, *mf = NULL;
@@ -258,6 +352,18 @@ main(int argc, char **argv)
     }
     const dsv4_config *cfg = dsv4_model_config(m);
     int                vocab = cfg->vocab_size, hcd = cfg->hc_mult * cfg->dim;
+    if (text != NULL) {
+        if (encode_prompt(dir, text, think, raw, &tok_model, &prompt, &nprompt) != 0) {
+            goto done;
+        }
+        dsv4_decoder_init(&dec, tok_model);
+        piece = malloc(dsv4_decoder_bound(tok_model) + 4);
+        if (piece == NULL) {
+            fprintf(stderr, "dsv4-run: out of memory\n");
+            goto done;
+        }
+        stop_eos = 1;
+    }
     if (ctx_size == 0) {
         ctx_size = nprompt + ngen;
     }
@@ -274,9 +380,17 @@ main(int argc, char **argv)
         fprintf(stderr, "dsv4-run: --mtp-out: model has no MTP block\n");
         goto done;
     }
+    if (strcmp(kernels, "scalar") == 0) {
+        be = dsv4_backend_cpu_scalar();
+    } else {
+        dsv4_cpu_opts o = { nthreads, kernels, 0 };
+        if ((be = be_owned = dsv4_backend_cpu_new_opts(&o, err, sizeof(err))) == NULL) {
+            fprintf(stderr, "dsv4-run: --kernels %s: %s\n", kernels, err);
+            goto done;
+        }
+    }
     if ((s = dsv4_seq_new(m, ctx_size, err, sizeof(err))) == NULL
-        || (c = dsv4_ctx_new(m, dsv4_backend_cpu_scalar(), chunk, ctx_size, err, sizeof(err)))
-               == NULL) {
+        || (c = dsv4_ctx_new(m, be, chunk, ctx_size, err, sizeof(err))) == NULL) {
         fprintf(stderr, "dsv4-run: %s\n", err);
         goto done;
     }
@@ -335,7 +449,16 @@ main(int argc, char **argv)
             fprintf(stderr, "dsv4-run: no token has a finite logit\n");
             goto done;
         }
-        printf("%s%d", generated ? "," : "", tok);
+        if (tok_model != NULL) {
+            size_t len = 0;
+            if (tok != cfg->eos_token_id
+                && dsv4_decoder_push(&dec, tok, piece, dsv4_decoder_bound(tok_model), &len) == 0) {
+                fwrite(piece, 1, len, stdout);
+                fflush(stdout);
+            }
+        } else {
+            printf("%s%d", generated ? "," : "", tok);
+        }
         generated++;
         if (mf != NULL) {
             if (write_mtp_row(c, s, pending_hidden, tok, mtp_logits, vocab, mf) != 0) {
@@ -348,6 +471,9 @@ main(int argc, char **argv)
         }
         feed = &tok;
         nfeed = 1;
+    }
+    if (tok_model != NULL) {
+        fwrite(piece, 1, dsv4_decoder_flush(&dec, piece), stdout);
     }
     printf("\n");
     rc = 0;
@@ -362,9 +488,12 @@ done:
     free(mtp_logits);
     free(pending_hidden);
     free(prompt);
+    free(piece);
+    dsv4_tokenizer_free(tok_model);
     dsv4_sampler_free(smp);
     dsv4_ctx_free(c);
     dsv4_seq_free(s);
+    dsv4_backend_cpu_free(be_owned);
     dsv4_model_free(m);
     return rc;
 }

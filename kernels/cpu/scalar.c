@@ -73,6 +73,15 @@ dsv4_scalar_matmul(const dsv4_backend *be, const dsv4_mat *w, int row_begin, int
 }
 
 static void
+dsv4_scalar_matmul_batch(const dsv4_backend *be, const dsv4_matmul_job *jobs, int njobs)
+{
+    for (int j = 0; j < njobs; j++) {
+        dsv4_scalar_matmul(be, jobs[j].w, jobs[j].row_begin, jobs[j].row_end, jobs[j].x,
+                           jobs[j].ldx, jobs[j].n, jobs[j].y, jobs[j].ldy);
+    }
+}
+
+static void
 dsv4_scalar_rmsnorm(const dsv4_backend *be, float *y, const float *x, const float *w, int d, float eps)
 {
     float ss = 0.0f;
@@ -259,6 +268,7 @@ dsv4_scalar_indexer_scores(const dsv4_backend *be, const float *q, const float *
 static const dsv4_backend dsv4_cpu_scalar = {
     .name = "cpu-scalar",
     .matmul = dsv4_scalar_matmul,
+    .matmul_batch = dsv4_scalar_matmul_batch,
     .rmsnorm = dsv4_scalar_rmsnorm,
     .rope = dsv4_scalar_rope,
     .fake_quant_fp8 = dsv4_scalar_fake_quant_fp8,

@@ -1,0 +1,160 @@
+/*
+ * The kernel vocabulary in AVX2 + FMA + F16C (8 float lanes).  Compiled with
+ * a target attribute per function, so the rest of the build stays baseline
+ * x86-64; backend.c calls these only when the CPU has all three.
+ *
+ * FP8 e4m3 -> float goes through half precision: the byte's exponent and
+ * mantissa bits, moved down one place, are an IEEE half whose value is the
+ * e4m3 value times 2^-8 (same 3-bit mantissa, exponent bias 15 instead of 7,
+ * and the half subnormals are exactly the e4m3 subnormals), and vcvtph2ps
+ * converts halves exactly.  The 2^8 is folded into the block scale.  The
+ * NaN codes 0x7F/0xFF come out as +-480 (checkpoints contain none).
+ *
+ * FP4 e2m1 -> float likewise: every e2m1 value is a half whose low byte is
+ * zero, so a 16-entry byte table (pshufb) gives the high bytes.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "formats.h"
+
+#define DSV4_TARGET    __attribute__((target("avx2,fma,f16c")))
+#define DSV4_KERNELS   dsv4_cpu_kernels_avx2
+#define DSV4_ISA_NAME  "avx2"
+#define VL             8
+#define GEMM_MR        4
+#define GEMM_NR        3
+#define GEMV_RT(nt)    ((nt) <= 2 ? 4 : 2)
+#define GEMM_PANELS    8
+
+typedef __m256 vf;
+
+#define DSV4_AV static inline __attribute__((always_inline)) DSV4_TARGET
+
+DSV4_AV vf vf_zero(void) { return _mm256_setzero_ps(); }
+DSV4_AV vf vf_set1(float a) { return _mm256_set1_ps(a); }
+DSV4_AV vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+DSV4_AV void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+DSV4_AV vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+DSV4_AV vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+DSV4_AV vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+DSV4_AV vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+DSV4_AV vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+DSV4_AV vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+DSV4_AV vf vf_swap_pairs(vf v) { return _mm256_permute_ps(v, 0xB1); }
+
+/* lane mask for the first n (0..8) lanes */
+DSV4_AV __m256i
+dsv4_avx2_mask(int n)
+{
+    static const int32_t m[16] = { -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0 };
+    return _mm256_loadu_si256((const __m256i *) (m + 8 - n));
+}
+
+DSV4_AV vf vf_loadn(const float *p, int n) { return _mm256_maskload_ps(p, dsv4_avx2_mask(n)); }
+DSV4_AV void vf_storen(float *p, vf v, int n) { _mm256_maskstore_ps(p, dsv4_avx2_mask(n), v); }
+
+/* (l + l+4), then (l + l+2), then (l + l+1) */
+DSV4_AV float
+vf_hsum(vf v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* e^x = 2^n e^r, n = round(x / ln2), |r| <= ln2/2, e^r by a degree-6
+ * polynomial (Cephes expf coefficients). */
+DSV4_AV vf
+vf_exp(vf x)
+{
+    const vf hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3f);
+    vf       tiny = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    vf n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^n for n in [-126, 128): n + 127 in the exponent field (n = 128 only
+     * at the clamp, where p * 2^127 * 2 stays finite through the split) */
+    __m256i e = _mm256_cvtps_epi32(n);
+    vf      half = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_add_epi32(_mm256_srai_epi32(e, 1), _mm256_set1_epi32(127)), 23));
+    vf      rest = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_add_epi32(_mm256_sub_epi32(e, _mm256_srai_epi32(e, 1)),
+                                         _mm256_set1_epi32(127)), 23));
+    p = _mm256_mul_ps(_mm256_mul_ps(p, half), rest);
+    return _mm256_andnot_ps(tiny, p);
+}
+
+/* 32 e4m3 codes -> 4 vectors of value * 2^-8 (see the file comment). */
+DSV4_AV void
+deq_fp8(const uint8_t *p, int n, vf out[4])
+{
+    uint8_t buf[32];
+
+    if (n < 32) {
+        memset(buf, 0, sizeof(buf));
+        memcpy(buf, p, (size_t) n);
+        p = buf;
+    }
+    for (int h = 0; h < 2; h++) {
+        __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (p + 16 * h)));
+        __m256i t = _mm256_slli_epi16(w, 7);            /* s at bit 14, eeeemmm at 13..7 */
+        t = _mm256_add_epi16(t, _mm256_and_si256(t, _mm256_set1_epi16(0x4000))); /* s -> 15 */
+        out[2 * h] = _mm256_cvtph_ps(_mm256_castsi256_si128(t));
+        out[2 * h + 1] = _mm256_cvtph_ps(_mm256_extracti128_si256(t, 1));
+    }
+}
+
+/* 16 bytes of e2m1 pairs (low nibble first) -> 4 vectors, natural order. */
+DSV4_AV void
+deq_fp4(const uint8_t *p, vf out[4])
+{
+    const __m128i lut = _mm_setr_epi8(0x00, 0x38, 0x3C, 0x3E, 0x40, 0x42, 0x44, 0x46,
+                                      (char) 0x80, (char) 0xB8, (char) 0xBC, (char) 0xBE,
+                                      (char) 0xC0, (char) 0xC2, (char) 0xC4, (char) 0xC6);
+    const __m128i m = _mm_set1_epi8(0x0F), z = _mm_setzero_si128();
+    __m128i       b = _mm_loadu_si128((const __m128i *) p);
+    __m128i       lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, m));
+    __m128i       hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m));
+    __m128i       i0 = _mm_unpacklo_epi8(lo, hi), i1 = _mm_unpackhi_epi8(lo, hi);
+
+    out[0] = _mm256_cvtph_ps(_mm_unpacklo_epi8(z, i0));
+    out[1] = _mm256_cvtph_ps(_mm_unpackhi_epi8(z, i0));
+    out[2] = _mm256_cvtph_ps(_mm_unpacklo_epi8(z, i1));
+    out[3] = _mm256_cvtph_ps(_mm_unpackhi_epi8(z, i1));
+}
+
+DSV4_AV void
+deq_bf16(const uint16_t *p, int n, vf out[4])
+{
+    uint16_t buf[32];
+
+    if (n < 32) {
+        memset(buf, 0, sizeof(buf));
+        memcpy(buf, p, (size_t) n * sizeof(uint16_t));
+        p = buf;
+    }
+    for (int v = 0; v < 4; v++) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (p + 8 * v)));
+        out[v] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+    }
+}
+
+#include "simd_kernels.h"
+
+#endif

@@ -1,0 +1,125 @@
+/*
+ * The kernel vocabulary in AVX-512 F/BW/VL (16 float lanes).  Compiled with
+ * a target attribute per function; backend.c calls these only when the CPU
+ * (and the OS, which must save the zmm state) supports them, so the same
+ * binary runs on AVX2-only machines such as CI.
+ *
+ * FP8 goes through half precision exactly as in avx2.c (value * 2^-8, the
+ * 2^8 folded into the scale).  FP4 uses the 16-entry table of e2m1 values
+ * directly: vpermps looks up 16 nibbles at once, and one vpermt2d per 16
+ * outputs puts the low/high nibbles back in element order.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "formats.h"
+
+#define DSV4_TARGET    __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define DSV4_KERNELS   dsv4_cpu_kernels_avx512
+#define DSV4_ISA_NAME  "avx512"
+#define VL             16
+#define GEMM_MR        4
+#define GEMM_NR        6
+#define GEMV_RT(nt)    4
+#define GEMM_PANELS    3
+
+typedef __m512 vf;
+
+#define DSV4_AV static inline __attribute__((always_inline)) DSV4_TARGET
+
+DSV4_AV vf vf_zero(void) { return _mm512_setzero_ps(); }
+DSV4_AV vf vf_set1(float a) { return _mm512_set1_ps(a); }
+DSV4_AV vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+DSV4_AV void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+DSV4_AV vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+DSV4_AV vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+DSV4_AV vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+DSV4_AV vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+DSV4_AV vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+DSV4_AV vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+DSV4_AV vf vf_swap_pairs(vf v) { return _mm512_permute_ps(v, 0xB1); }
+DSV4_AV __mmask16 dsv4_k16(int n) { return (__mmask16) ((1u << n) - 1); }
+DSV4_AV vf vf_loadn(const float *p, int n) { return _mm512_maskz_loadu_ps(dsv4_k16(n), p); }
+DSV4_AV void vf_storen(float *p, vf v, int n) { _mm512_mask_storeu_ps(p, dsv4_k16(n), v); }
+
+/* (l + l+8), then the AVX2 tree: (l + l+4), (l + l+2), (l + l+1) */
+DSV4_AV float
+vf_hsum(vf v)
+{
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* as in avx2.c: 2^n e^r with the Cephes polynomial */
+DSV4_AV vf
+vf_exp(vf x)
+{
+    const vf  hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3f);
+    __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    vf p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    /* p * 2^n (scalef handles the whole exponent range) */
+    return _mm512_maskz_scalef_ps(ok, p, n);
+}
+
+/* 32 e4m3 codes -> 2 vectors of value * 2^-8 */
+DSV4_AV void
+deq_fp8(const uint8_t *p, int n, vf out[2])
+{
+    __m256i b = n >= 32 ? _mm256_loadu_si256((const __m256i *) p)
+                        : _mm256_maskz_loadu_epi8((__mmask32) ((1ull << n) - 1), p);
+    __m512i t = _mm512_slli_epi16(_mm512_cvtepu8_epi16(b), 7);
+    t = _mm512_add_epi16(t, _mm512_and_si512(t, _mm512_set1_epi16(0x4000)));
+    out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(t));
+    out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
+}
+
+/* 16 bytes of e2m1 pairs -> 2 vectors, natural order */
+DSV4_AV void
+deq_fp4(const uint8_t *p, vf out[2])
+{
+    const vf      tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
+    const __m512i il0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i il1 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27,
+                                          12, 28, 13, 29, 14, 30, 15, 31);
+    __m512i       b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) p));
+    __m512i       lo = _mm512_and_si512(b, _mm512_set1_epi32(0xF)), hi = _mm512_srli_epi32(b, 4);
+
+    out[0] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il0, hi), tab);
+    out[1] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il1, hi), tab);
+}
+
+DSV4_AV void
+deq_bf16(const uint16_t *p, int n, vf out[2])
+{
+    __m512i b = n >= 32 ? _mm512_loadu_si512(p)
+                        : _mm512_maskz_loadu_epi16((__mmask32) ((1ull << n) - 1), p);
+    out[0] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                 _mm512_cvtepu16_epi32(_mm512_castsi512_si256(b)), 16));
+    out[1] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                 _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(b, 1)), 16));
+}
+
+#include "simd_kernels.h"
+
+#endif

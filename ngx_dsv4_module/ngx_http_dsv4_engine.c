@@ -1,0 +1,452 @@
+
+/*
+ * The engine pool of one worker: models are loaded by a loader thread
+ * started in init_process (the event loop keeps serving /health with 503
+ * meanwhile), each model gets a scheduler whose engine threads run the
+ * forward passes, and the scheduler's eventfd is registered in the worker's
+ * event loop.  The eventfd read handler drains dsv4_sched_next_ready() and
+ * hands each request's new tokens to its HTTP request.
+ */
+
+
+#include "ngx_http_dsv4_module.h"
+
+#include <pthread.h>
+#include <time.h>
+
+
+#define NGX_HTTP_DSV4_LOAD_POLL  10     /* ms between loader checks */
+
+
+static void *ngx_http_dsv4_loader(void *data);
+static void ngx_http_dsv4_load_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_dsv4_attach(ngx_cycle_t *cycle,
+    ngx_http_dsv4_model_t *m);
+static void ngx_http_dsv4_notify_handler(ngx_event_t *ev);
+
+
+double
+ngx_http_dsv4_now(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
+
+ngx_int_t
+ngx_http_dsv4_engine_init(ngx_cycle_t *cycle)
+{
+    int                         err;
+    pthread_t                  *tid;
+    ngx_uint_t                  i;
+    ngx_http_dsv4_model_t      *m;
+    ngx_http_dsv4_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_dsv4_module);
+
+    if (dmcf == NULL || dmcf->models.nelts == 0) {
+        return NGX_OK;
+    }
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        m[i].state = NGX_HTTP_DSV4_LOADING;
+        m[i].notify = NULL;
+        m[i].settled = 0;
+    }
+
+    dmcf->pending = dmcf->models.nelts;
+    dmcf->loader_done = 0;
+
+    tid = ngx_pcalloc(cycle->pool, sizeof(pthread_t));
+    if (tid == NULL) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * Loading maps the checkpoint, binds every tensor, reads the tokenizer
+     * and starts the engine threads: seconds for a real model, so it runs
+     * off the event loop.  A failure is logged and leaves the model FAILED
+     * (/health says 503 and why); the worker keeps running.
+     */
+
+    err = pthread_create(tid, NULL, ngx_http_dsv4_loader, dmcf);
+    if (err != 0) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, err,
+                      "dsv4: cannot start the model loader thread");
+        return NGX_ERROR;
+    }
+
+    dmcf->loader = tid;
+    dmcf->loader_started = 1;
+
+    dmcf->load_event.handler = ngx_http_dsv4_load_handler;
+    dmcf->load_event.data = dmcf;
+    dmcf->load_event.log = cycle->log;
+    dmcf->load_event.cancelable = 1;
+
+    ngx_add_timer(&dmcf->load_event, NGX_HTTP_DSV4_LOAD_POLL);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
+    ngx_http_dsv4_model_t *m)
+{
+    int                 ctx;
+    char                err[256];
+    double              t0;
+    int32_t             id;
+    ngx_uint_t          i;
+    dsv4_sched_conf     sc;
+    const dsv4_config  *cfg;
+
+    static const char  *stops[] = { DSV4_USER, DSV4_ASSISTANT, DSV4_REMINDER };
+
+    t0 = ngx_http_dsv4_now();
+
+    /* paths from the configuration are NUL-terminated */
+
+    if (dsv4_model_load(&m->model, (char *) m->path.data, 0, err, sizeof(err))
+        != 0)
+    {
+        ngx_snprintf((u_char *) m->error, sizeof(m->error) - 1,
+                     "model \"%V\": %s%Z", &m->name, err);
+        goto failed;
+    }
+
+    cfg = dsv4_model_config(m->model);
+    m->vocab = cfg->vocab_size;
+
+    ctx = m->max_ctx ? (int) m->max_ctx : 8192;
+    if (ctx > cfg->max_position) {
+        ctx = cfg->max_position;
+    }
+
+    m->ctx_len = ctx;
+
+    if (m->tokenizer.len) {
+        if (dsv4_tokenizer_load((char *) m->tokenizer.data, &m->tok,
+                                err, sizeof(err))
+            != 0)
+        {
+            ngx_snprintf((u_char *) m->error, sizeof(m->error) - 1,
+                         "model \"%V\": tokenizer: %s%Z", &m->name, err);
+            goto failed;
+        }
+    }
+
+    m->n_stop_ids = 0;
+
+    if (m->tok != NULL) {
+        id = dsv4_tokenizer_eos_id(m->tok);
+        if (id >= 0) {
+            m->stop_ids[m->n_stop_ids++] = id;
+        }
+
+        for (i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
+            id = dsv4_tokenizer_token_id(m->tok, stops[i], ngx_strlen(stops[i]));
+            if (id >= 0) {
+                m->stop_ids[m->n_stop_ids++] = id;
+            }
+        }
+
+    } else if (cfg->eos_token_id >= 0 && cfg->eos_token_id < m->vocab) {
+        m->stop_ids[m->n_stop_ids++] = cfg->eos_token_id;
+    }
+
+    ngx_memzero(&sc, sizeof(dsv4_sched_conf));
+
+    sc.n_engines = (int) dmcf->engines;
+    sc.max_seqs = (int) dmcf->max_seqs;
+    sc.max_batch_tokens = (int) dmcf->max_batch_tokens;
+    sc.prefill_chunk = (int) dmcf->prefill_chunk;
+    sc.max_queue = (int) dmcf->max_queue;
+    sc.max_ctx = ctx;
+    sc.n_logprobs = NGX_HTTP_DSV4_MAX_LOGPROBS;
+    sc.backend = dsv4_backend_cpu_scalar();
+
+    m->sched = dsv4_sched_new(m->model, &sc, err, sizeof(err));
+    if (m->sched == NULL) {
+        ngx_snprintf((u_char *) m->error, sizeof(m->error) - 1,
+                     "model \"%V\": scheduler: %s%Z", &m->name, err);
+        goto failed;
+    }
+
+    m->load_seconds = ngx_http_dsv4_now() - t0;
+
+    ngx_atomic_cmp_set(&m->state, NGX_HTTP_DSV4_LOADING, NGX_HTTP_DSV4_READY);
+
+    return;
+
+failed:
+
+    if (m->tok) {
+        dsv4_tokenizer_free(m->tok);
+        m->tok = NULL;
+    }
+
+    if (m->model) {
+        dsv4_model_free(m->model);
+        m->model = NULL;
+    }
+
+    ngx_atomic_cmp_set(&m->state, NGX_HTTP_DSV4_LOADING, NGX_HTTP_DSV4_FAILED);
+}
+
+
+static void *
+ngx_http_dsv4_loader(void *data)
+{
+    ngx_http_dsv4_main_conf_t  *dmcf = data;
+
+    ngx_uint_t              i;
+    ngx_http_dsv4_model_t  *m;
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        ngx_http_dsv4_load_one(dmcf, &m[i]);
+    }
+
+    ngx_atomic_cmp_set(&dmcf->loader_done, 0, 1);
+
+    return NULL;
+}
+
+
+/* Runs on the event loop while models load: picks up finished loads. */
+
+static void
+ngx_http_dsv4_load_handler(ngx_event_t *ev)
+{
+    ngx_http_dsv4_main_conf_t  *dmcf = ev->data;
+
+    ngx_uint_t              i;
+    ngx_http_dsv4_model_t  *m;
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+
+        if (m[i].settled || m[i].state == NGX_HTTP_DSV4_LOADING) {
+            continue;
+        }
+
+        /* the loader's stores are visible once its state is */
+
+        ngx_memory_barrier();
+
+        m[i].settled = 1;
+        dmcf->pending--;
+
+        if (m[i].state == NGX_HTTP_DSV4_FAILED) {
+            ngx_log_error(NGX_LOG_EMERG, ev->log, 0, "dsv4: %s", m[i].error);
+            continue;
+        }
+
+        /* READY */
+
+        if (ngx_http_dsv4_attach((ngx_cycle_t *) ngx_cycle, &m[i]) != NGX_OK) {
+            ngx_atomic_cmp_set(&m[i].state, NGX_HTTP_DSV4_READY,
+                               NGX_HTTP_DSV4_FAILED);
+            ngx_log_error(NGX_LOG_EMERG, ev->log, 0,
+                          "dsv4: model \"%V\": cannot register the "
+                          "scheduler's eventfd", &m[i].name);
+            ngx_snprintf((u_char *) m[i].error, sizeof(m[i].error) - 1,
+                         "model \"%V\": cannot register the scheduler's "
+                         "eventfd%Z", &m[i].name);
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                      "dsv4: model \"%V\" ready in %.2fs (context %i, "
+                      "%s tokenizer)", &m[i].name, m[i].load_seconds,
+                      m[i].ctx_len, m[i].tok ? "with" : "no");
+
+        ngx_http_dsv4_metrics_load(&m[i], 1);
+    }
+
+    if (dmcf->pending && !ngx_exiting && !ngx_quit && !ngx_terminate) {
+        ngx_add_timer(ev, NGX_HTTP_DSV4_LOAD_POLL);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_dsv4_attach(ngx_cycle_t *cycle, ngx_http_dsv4_model_t *m)
+{
+    int                fd;
+    ngx_connection_t  *c;
+
+    fd = dsv4_sched_fd(m->sched);
+
+    c = ngx_get_connection(fd, cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = m;
+    c->read->handler = ngx_http_dsv4_notify_handler;
+    c->read->log = cycle->log;
+    c->write->log = cycle->log;
+
+    /* level-triggered: a drain that stops early is simply called again */
+
+    if (ngx_add_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+        c->fd = (ngx_socket_t) -1;
+        ngx_free_connection(c);
+        return NGX_ERROR;
+    }
+
+    m->notify = c;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_dsv4_notify_handler(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    dsv4_request            *req;
+    ngx_http_dsv4_model_t   *m;
+    ngx_http_dsv4_choice_t  *ch;
+
+    m = c->data;
+
+    while ((req = dsv4_sched_next_ready(m->sched)) != NULL) {
+
+        ch = dsv4_request_data(req);
+
+        if (ch != NULL) {
+            ngx_http_dsv4_choice_ready(ch);
+        }
+
+        dsv4_request_release(req);
+    }
+
+    ngx_http_dsv4_metrics_refresh(m);
+}
+
+
+ngx_uint_t
+ngx_http_dsv4_all_ready(ngx_http_dsv4_main_conf_t *dmcf)
+{
+    ngx_uint_t              i;
+    ngx_http_dsv4_model_t  *m;
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        if (m[i].notify == NULL) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+ngx_http_dsv4_model_t *
+ngx_http_dsv4_find_model(ngx_http_dsv4_main_conf_t *dmcf, const char *name,
+    size_t len, ngx_int_t *thinking)
+{
+    ngx_uint_t              i, j;
+    ngx_http_dsv4_alias_t  *alias;
+    ngx_http_dsv4_model_t  *m;
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+
+        if (m[i].name.len == len
+            && ngx_strncmp(m[i].name.data, name, len) == 0)
+        {
+            *thinking = m[i].thinking;
+            return &m[i];
+        }
+
+        alias = m[i].aliases.elts;
+
+        for (j = 0; j < m[i].aliases.nelts; j++) {
+            if (alias[j].name.len == len
+                && ngx_strncmp(alias[j].name.data, name, len) == 0)
+            {
+                *thinking = alias[j].thinking >= 0 ? alias[j].thinking
+                                                   : m[i].thinking;
+                return &m[i];
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+void
+ngx_http_dsv4_engine_exit(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                  i;
+    ngx_connection_t           *c;
+    ngx_http_dsv4_model_t      *m;
+    ngx_http_dsv4_main_conf_t  *dmcf;
+
+    dmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_dsv4_module);
+
+    if (dmcf == NULL || !dmcf->loader_started) {
+        return;
+    }
+
+    if (dmcf->load_event.timer_set) {
+        ngx_del_timer(&dmcf->load_event);
+    }
+
+    /* a load in progress is finished first: its thread owns the models */
+
+    pthread_join(*(pthread_t *) dmcf->loader, NULL);
+    dmcf->loader_started = 0;
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+
+        c = m[i].notify;
+
+        if (c != NULL) {
+            ngx_http_dsv4_metrics_load(&m[i], 0);
+
+            if (c->read->active) {
+                ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+            }
+
+            ngx_free_connection(c);
+            c->fd = (ngx_socket_t) -1;
+            m[i].notify = NULL;
+        }
+
+        /* joins the engine threads and closes the eventfd */
+
+        if (m[i].sched) {
+            dsv4_sched_free(m[i].sched);
+            m[i].sched = NULL;
+        }
+
+        if (m[i].tok) {
+            dsv4_tokenizer_free(m[i].tok);
+            m[i].tok = NULL;
+        }
+
+        if (m[i].model) {
+            dsv4_model_free(m[i].model);
+            m[i].model = NULL;
+        }
+    }
+}

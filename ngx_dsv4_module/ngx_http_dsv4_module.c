@@ -1,0 +1,847 @@
+
+/*
+ * ngx_http_dsv4_module: directives, configuration and process hooks.
+ */
+
+
+#include "ngx_http_dsv4_module.h"
+
+#include <math.h>
+
+
+static void *ngx_http_dsv4_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_dsv4_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_dsv4_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsv4_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsv4_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsv4_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsv4_set_msec(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsv4_set_sec(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+#if (NGX_THREADS)
+static char *ngx_http_dsv4_thread_pool(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+#endif
+static ngx_int_t ngx_http_dsv4_init_process(ngx_cycle_t *cycle);
+static void ngx_http_dsv4_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_positive = {
+    NULL, 1, 1000000000
+};
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_engines_bounds = {
+    NULL, 1, 64
+};
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_queue_bounds = {
+    NULL, 0, 1000000
+};
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_n_bounds = {
+    NULL, 1, 128
+};
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_prompt_bounds = {
+    NULL, 0, 1000000000
+};
+
+
+static ngx_conf_enum_t  ngx_http_dsv4_apis[] = {
+    { ngx_string("chat_completions"), NGX_HTTP_DSV4_API_CHAT },
+    { ngx_string("completions"), NGX_HTTP_DSV4_API_COMPLETIONS },
+    { ngx_string("messages"), NGX_HTTP_DSV4_API_MESSAGES },
+    { ngx_string("models"), NGX_HTTP_DSV4_API_MODELS },
+    { ngx_string("tokenize"), NGX_HTTP_DSV4_API_TOKENIZE },
+    { ngx_string("detokenize"), NGX_HTTP_DSV4_API_DETOKENIZE },
+    { ngx_string("health"), NGX_HTTP_DSV4_API_HEALTH },
+    { ngx_string("metrics"), NGX_HTTP_DSV4_API_METRICS },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_dsv4_commands[] = {
+
+    { ngx_string("dsv4_model"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_dsv4_model,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_engine_threads"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, engines),
+      &ngx_http_dsv4_engines_bounds },
+
+    { ngx_string("dsv4_max_seqs"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, max_seqs),
+      &ngx_http_dsv4_positive },
+
+    { ngx_string("dsv4_max_batch_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, max_batch_tokens),
+      &ngx_http_dsv4_positive },
+
+    { ngx_string("dsv4_prefill_chunk"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, prefill_chunk),
+      &ngx_http_dsv4_positive },
+
+    { ngx_string("dsv4_max_queue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, max_queue),
+      &ngx_http_dsv4_queue_bounds },
+
+    { ngx_string("dsv4_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, api),
+      &ngx_http_dsv4_apis },
+
+    { ngx_string("dsv4_max_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_size,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, max_body_size),
+      NULL },
+
+    { ngx_string("dsv4_max_prompt_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, max_prompt_tokens),
+      &ngx_http_dsv4_prompt_bounds },
+
+    { ngx_string("dsv4_max_tokens"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, max_tokens),
+      &ngx_http_dsv4_positive },
+
+    { ngx_string("dsv4_max_n"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, max_n),
+      &ngx_http_dsv4_n_bounds },
+
+    { ngx_string("dsv4_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_msec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, timeout),
+      NULL },
+
+    { ngx_string("dsv4_retry_after"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_sec,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, retry_after),
+      NULL },
+
+#if (NGX_THREADS)
+    { ngx_string("dsv4_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_thread_pool,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+#endif
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_dsv4_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_dsv4_create_main_conf,        /* create main configuration */
+    ngx_http_dsv4_init_main_conf,          /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_dsv4_create_loc_conf,         /* create location configuration */
+    ngx_http_dsv4_merge_loc_conf           /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_dsv4_module = {
+    NGX_MODULE_V1,
+    &ngx_http_dsv4_module_ctx,             /* module context */
+    ngx_http_dsv4_commands,                /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_dsv4_init_process,            /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_dsv4_exit_process,            /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_dsv4_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_dsv4_main_conf_t  *dmcf;
+
+    dmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsv4_main_conf_t));
+    if (dmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&dmcf->models, cf->pool, 2,
+                       sizeof(ngx_http_dsv4_model_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     dmcf->shm_zone = NULL;
+     *     dmcf->loader_started = 0;
+     */
+
+    dmcf->engines = NGX_CONF_UNSET;
+    dmcf->max_seqs = NGX_CONF_UNSET;
+    dmcf->max_batch_tokens = NGX_CONF_UNSET;
+    dmcf->prefill_chunk = NGX_CONF_UNSET;
+    dmcf->max_queue = NGX_CONF_UNSET;
+
+    return dmcf;
+}
+
+
+static char *
+ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_dsv4_main_conf_t *dmcf = conf;
+
+    ngx_conf_init_value(dmcf->engines, 1);
+    ngx_conf_init_value(dmcf->max_seqs, 16);
+    ngx_conf_init_value(dmcf->max_batch_tokens, 512);
+    ngx_conf_init_value(dmcf->prefill_chunk, 256);
+    ngx_conf_init_value(dmcf->max_queue, 64);
+
+    if (dmcf->max_batch_tokens < dmcf->max_seqs) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dsv4_max_batch_tokens\" %i is less than "
+                           "\"dsv4_max_seqs\" %i: every running sequence "
+                           "needs a row per step",
+                           dmcf->max_batch_tokens, dmcf->max_seqs);
+        return NGX_CONF_ERROR;
+    }
+
+    if (dmcf->prefill_chunk > dmcf->max_batch_tokens) {
+        dmcf->prefill_chunk = dmcf->max_batch_tokens;
+    }
+
+    if (dmcf->models.nelts
+        && ngx_http_dsv4_metrics_init_conf(cf, dmcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_dsv4_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_dsv4_loc_conf_t  *dlcf;
+
+    dlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_dsv4_loc_conf_t));
+    if (dlcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     dlcf->thread_pool = NULL;
+     *     dlcf->thread_pool_name = { 0, NULL };
+     */
+
+    dlcf->api = NGX_CONF_UNSET_UINT;
+    dlcf->max_body_size = NGX_CONF_UNSET_SIZE;
+    dlcf->max_prompt_tokens = NGX_CONF_UNSET;
+    dlcf->max_tokens = NGX_CONF_UNSET;
+    dlcf->max_n = NGX_CONF_UNSET;
+    dlcf->timeout = NGX_CONF_UNSET_MSEC;
+    dlcf->retry_after = NGX_CONF_UNSET;
+
+    return dlcf;
+}
+
+
+static char *
+ngx_http_dsv4_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_dsv4_loc_conf_t *prev = parent;
+    ngx_http_dsv4_loc_conf_t *conf = child;
+
+    ngx_http_core_loc_conf_t  *clcf;
+
+    ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
+                              1024 * 1024);
+    ngx_conf_merge_value(conf->max_prompt_tokens, prev->max_prompt_tokens, 0);
+    ngx_conf_merge_value(conf->max_tokens, prev->max_tokens, 16384);
+    ngx_conf_merge_value(conf->max_n, prev->max_n, 16);
+    ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 300000);
+    ngx_conf_merge_value(conf->retry_after, prev->retry_after, 1);
+
+#if (NGX_THREADS)
+    if (conf->thread_pool_name.data == NULL) {
+        conf->thread_pool_name = prev->thread_pool_name;
+        conf->thread_pool = prev->thread_pool;
+    }
+#endif
+
+    /* a handler belongs to its location: not inherited */
+
+    if (conf->api == NGX_CONF_UNSET_UINT) {
+        conf->api = NGX_HTTP_DSV4_API_NONE;
+        return NGX_CONF_OK;
+    }
+
+    /*
+     * The body limit is ours (so that the 413 has the API's error shape):
+     * nginx's own client_max_body_size must not cut in first, and a body
+     * up to the limit is kept in memory, never in a temporary file.  The
+     * core module's location configuration is already merged here.
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->client_max_body_size != 0
+        && clcf->client_max_body_size < (off_t) conf->max_body_size)
+    {
+        clcf->client_max_body_size = conf->max_body_size;
+    }
+
+    if (clcf->client_body_buffer_size < conf->max_body_size) {
+        clcf->client_body_buffer_size = conf->max_body_size;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* Model names end up in JSON and in Prometheus labels: keep them plain. */
+
+static ngx_int_t
+ngx_http_dsv4_name_valid(ngx_str_t *name)
+{
+    size_t  i;
+
+    if (name->len == 0 || name->len > 256) {
+        return 0;
+    }
+
+    for (i = 0; i < name->len; i++) {
+        if (name->data[i] <= 0x20 || name->data[i] == '"'
+            || name->data[i] == '\\' || name->data[i] == 0x7f)
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_http_dsv4_name_taken(ngx_http_dsv4_main_conf_t *dmcf, ngx_str_t *name)
+{
+    ngx_uint_t              i, j;
+    ngx_http_dsv4_alias_t  *alias;
+    ngx_http_dsv4_model_t  *m;
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        if (m[i].name.len == name->len
+            && ngx_strncmp(m[i].name.data, name->data, name->len) == 0)
+        {
+            return 1;
+        }
+
+        alias = m[i].aliases.elts;
+
+        for (j = 0; j < m[i].aliases.nelts; j++) {
+            if (alias[j].name.len == name->len
+                && ngx_strncmp(alias[j].name.data, name->data, name->len)
+                   == 0)
+            {
+                return 1;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+static char *
+ngx_http_dsv4_parse_float(ngx_conf_t *cf, ngx_str_t *v, size_t skip,
+    float lo, float hi, float *out)
+{
+    char    *end;
+    double   d;
+
+    /* configuration tokens are NUL-terminated */
+
+    d = strtod((char *) v->data + skip, &end);
+
+    if (v->len == skip || *end != '\0' || !(d >= lo && d <= hi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\", expected a number "
+                           "in [%.2f, %.2f]", v, (double) lo, (double) hi);
+        return NGX_CONF_ERROR;
+    }
+
+    *out = (float) d;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_dsv4_parse_int(ngx_str_t *v, size_t skip)
+{
+    return ngx_atoi(v->data + skip, v->len - skip);
+}
+
+
+/*
+ * dsv4_model NAME PATH [alias=NAME[:thinking|:chat]] [tokenizer=DIR|off]
+ *            [max_ctx=N] [max_tokens=N] [thinking=on|off]
+ *            [temperature=F] [top_p=F] [top_k=N] [min_p=F];
+ */
+
+static char *
+ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsv4_main_conf_t *dmcf = conf;
+
+    u_char                 *colon;
+    ngx_str_t              *value, s;
+    ngx_uint_t              i;
+    ngx_file_info_t         fi;
+    ngx_http_dsv4_alias_t  *alias;
+    ngx_http_dsv4_model_t  *m;
+
+    value = cf->args->elts;
+
+    if (!ngx_http_dsv4_name_valid(&value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid model name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_dsv4_name_taken(dmcf, &value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "duplicate model name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    m = ngx_array_push(&dmcf->models);
+    if (m == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(m, sizeof(ngx_http_dsv4_model_t));
+
+    if (ngx_array_init(&m->aliases, cf->pool, 2,
+                       sizeof(ngx_http_dsv4_alias_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    m->name = value[1];
+    m->path = value[2];
+    m->index = dmcf->models.nelts - 1;
+    m->thinking = 0;
+    m->temperature = NAN;
+    m->top_p = NAN;
+    m->min_p = NAN;
+    m->top_k = -2;
+
+    if (ngx_conf_full_name(cf->cycle, &m->path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_file_info(m->path.data, &fi) == NGX_FILE_ERROR
+        || !ngx_is_dir(&fi))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "model directory \"%V\" is not a directory",
+                           &m->path);
+        return NGX_CONF_ERROR;
+    }
+
+    m->tokenizer = m->path;
+
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "alias=", 6) == 0) {
+
+            alias = ngx_array_push(&m->aliases);
+            if (alias == NULL) {
+                return NGX_CONF_ERROR;
+            }
+
+            alias->name.data = value[i].data + 6;
+            alias->name.len = value[i].len - 6;
+            alias->thinking = -1;
+
+            colon = ngx_strlchr(alias->name.data,
+                                alias->name.data + alias->name.len, ':');
+
+            if (colon != NULL) {
+                s.data = colon + 1;
+                s.len = alias->name.data + alias->name.len - s.data;
+                alias->name.len = colon - alias->name.data;
+
+                if (s.len == 8 && ngx_strncmp(s.data, "thinking", 8) == 0) {
+                    alias->thinking = 1;
+
+                } else if (s.len == 4 && ngx_strncmp(s.data, "chat", 4) == 0)
+                {
+                    alias->thinking = 0;
+
+                } else {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "invalid alias mode \"%V\" in \"%V\", "
+                                       "expected \"thinking\" or \"chat\"",
+                                       &s, &value[i]);
+                    return NGX_CONF_ERROR;
+                }
+            }
+
+            if (!ngx_http_dsv4_name_valid(&alias->name)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid parameter \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            m->aliases.nelts--;
+
+            if (ngx_http_dsv4_name_taken(dmcf, &alias->name)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate model name \"%V\"",
+                                   &alias->name);
+                return NGX_CONF_ERROR;
+            }
+
+            m->aliases.nelts++;
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "tokenizer=", 10) == 0) {
+
+            s.data = value[i].data + 10;
+            s.len = value[i].len - 10;
+
+            if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
+                ngx_str_null(&m->tokenizer);
+                continue;
+            }
+
+            if (s.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid parameter \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            m->tokenizer = s;
+
+            if (ngx_conf_full_name(cf->cycle, &m->tokenizer, 0) != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_ctx=", 8) == 0) {
+            m->max_ctx = ngx_http_dsv4_parse_int(&value[i], 8);
+
+            if (m->max_ctx < 2) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid max_ctx \"%V\", expected an "
+                                   "integer >= 2", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "max_tokens=", 11) == 0) {
+            m->max_tokens = ngx_http_dsv4_parse_int(&value[i], 11);
+
+            if (m->max_tokens < 1) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid max_tokens \"%V\", expected an "
+                                   "integer >= 1", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "thinking=on") == 0) {
+            m->thinking = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "thinking=off") == 0) {
+            m->thinking = 0;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "temperature=", 12) == 0) {
+            if (ngx_http_dsv4_parse_float(cf, &value[i], 12, 0.0f,
+                                          DSV4_SAMPLE_MAX_TEMPERATURE,
+                                          &m->temperature)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "top_p=", 6) == 0) {
+            if (ngx_http_dsv4_parse_float(cf, &value[i], 6, 1e-6f, 1.0f,
+                                          &m->top_p)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "min_p=", 6) == 0) {
+            if (ngx_http_dsv4_parse_float(cf, &value[i], 6, 0.0f, 1.0f,
+                                          &m->min_p)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "top_k=", 6) == 0) {
+            m->top_k = ngx_http_dsv4_parse_int(&value[i], 6);
+
+            if (m->top_k == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid top_k \"%V\", expected an "
+                                   "integer >= 0", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_dsv4_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char                      *rv;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    rv = ngx_conf_set_enum_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_dsv4_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+#if (NGX_THREADS)
+
+static char *
+ngx_http_dsv4_thread_pool(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsv4_loc_conf_t *dlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (dlcf->thread_pool_name.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    dlcf->thread_pool_name = value[1];
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        dlcf->thread_pool = NULL;
+        return NGX_CONF_OK;
+    }
+
+    dlcf->thread_pool = ngx_thread_pool_add(cf, &value[1]);
+    if (dlcf->thread_pool == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+#endif
+
+
+/*
+ * The stock slot setters, with a message that names the offending value
+ * (the stock ones say only "invalid number"); the numbers' bounds come from
+ * cmd->post as an ngx_conf_num_bounds_t.
+ */
+
+static char *
+ngx_http_dsv4_set_value(ngx_conf_t *cf, ngx_command_t *cmd, void *conf,
+    char *(*set)(ngx_conf_t *cf, ngx_command_t *cmd, void *conf),
+    const char *expected)
+{
+    char                   *rv;
+    ngx_int_t               n;
+    ngx_str_t              *value;
+    ngx_command_t           c;
+    ngx_conf_num_bounds_t  *b;
+
+    value = cf->args->elts;
+
+    c = *cmd;
+    c.post = NULL;
+
+    rv = set(cf, &c, conf);
+
+    if (rv != NGX_CONF_OK && rv != NGX_CONF_ERROR
+        && ngx_strcmp(rv, "is duplicate") == 0)
+    {
+        return rv;
+    }
+
+    b = cmd->post;
+
+    if (rv == NGX_CONF_OK && b != NULL) {
+        n = *(ngx_int_t *) ((char *) conf + cmd->offset);
+
+        if (n >= b->low && n <= b->high) {
+            return NGX_CONF_OK;
+        }
+    }
+
+    if (rv == NGX_CONF_OK && b == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    if (b != NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\", expected %s from %i to %i",
+                           &value[1], expected, b->low, b->high);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\", expected %s",
+                           &value[1], expected);
+    }
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_dsv4_set_num(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    return ngx_http_dsv4_set_value(cf, cmd, conf, ngx_conf_set_num_slot,
+                                   "an integer");
+}
+
+
+static char *
+ngx_http_dsv4_set_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    return ngx_http_dsv4_set_value(cf, cmd, conf, ngx_conf_set_size_slot,
+                                   "a size such as 512k or 1m");
+}
+
+
+static char *
+ngx_http_dsv4_set_msec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    return ngx_http_dsv4_set_value(cf, cmd, conf, ngx_conf_set_msec_slot,
+                                   "a time such as 500ms or 30s");
+}
+
+
+static char *
+ngx_http_dsv4_set_sec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    return ngx_http_dsv4_set_value(cf, cmd, conf, ngx_conf_set_sec_slot,
+                                   "a time in seconds such as 1 or 5s");
+}
+
+
+static ngx_int_t
+ngx_http_dsv4_init_process(ngx_cycle_t *cycle)
+{
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    return ngx_http_dsv4_engine_init(cycle);
+}
+
+
+static void
+ngx_http_dsv4_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_dsv4_engine_exit(cycle);
+}

@@ -1,0 +1,455 @@
+/*
+ * The fast CPU backend (kernels/cpu/) against the scalar reference, for every
+ * kernel set this CPU runs (generic, avx2, avx512), on random data with odd
+ * sizes and tails: rows not a multiple of any tile or of 128, columns not a
+ * multiple of the vector width or of 32 (where the format allows), token
+ * counts on both sides of the GEMV/GEMM switch and of the token blocks.
+ *
+ * Error metrics (named in each failure message):
+ *   matmul        max |y - ref| / sum_k |w_k x_k| over outputs ("scaled
+ *                 error": float32 summation of K terms is bounded by about
+ *                 K * 2^-24 of that sum); bound 1e-5.
+ *   other ops     max |y - ref| / max(1, max |ref|) ("rel-to-max"); bounds
+ *                 per op below (exp is a polynomial: 1e-5).
+ *   hadamard      bit-identical (same butterflies).
+ * And the properties the engine's consistency relies on, checked exactly
+ * (memcmp): a matmul row does not depend on n, on the row range, or on the
+ * thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats.h"
+#include "kernels.h"
+#include "tests/test.h"
+
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+
+static uint32_t
+rnd(void)
+{
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (uint32_t) (rng >> 32);
+}
+
+static float
+frand(void)             /* uniform in [-1, 1) */
+{
+    return (float) (rnd() >> 8) / (float) (1u << 23) - 1.0f;
+}
+
+typedef struct {
+    dsv4_mat m;
+    void    *data;
+    uint8_t *scale;
+} test_mat;
+
+/* A random matrix of the given format; FP8 has no NaN codes (the SIMD
+ * conversion maps them to +-480, see kernels/cpu/avx2.c). */
+static test_mat
+make_mat(dsv4_mat_type t, int R, int C)
+{
+    test_mat tm = { { t, R, C, NULL, NULL }, NULL, NULL };
+    size_t   n = (size_t) R * C;
+
+    switch (t) {
+    case DSV4_MAT_F32: {
+        float *d = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) {
+            d[i] = frand();
+        }
+        tm.data = d;
+        break;
+    }
+    case DSV4_MAT_BF16: {
+        uint16_t *d = malloc(n * sizeof(uint16_t));
+        for (size_t i = 0; i < n; i++) {
+            float    f = frand();
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            d[i] = (uint16_t) (u >> 16);
+        }
+        tm.data = d;
+        break;
+    }
+    case DSV4_MAT_FP8: {
+        uint8_t *d = malloc(n);
+        size_t   ns = (size_t) ((R + 127) / 128) * ((C + 127) / 128);
+        for (size_t i = 0; i < n; i++) {
+            d[i] = (uint8_t) rnd();
+            if ((d[i] & 0x7F) == 0x7F) {
+                d[i] ^= 1;
+            }
+        }
+        tm.scale = malloc(ns);
+        for (size_t i = 0; i < ns; i++) {
+            tm.scale[i] = (uint8_t) (117 + rnd() % 10);
+        }
+        tm.data = d;
+        break;
+    }
+    case DSV4_MAT_FP4: {
+        uint8_t *d = malloc(n / 2);
+        size_t   ns = n / 32;
+        for (size_t i = 0; i < n / 2; i++) {
+            d[i] = (uint8_t) rnd();
+        }
+        tm.scale = malloc(ns);
+        for (size_t i = 0; i < ns; i++) {
+            tm.scale[i] = (uint8_t) (120 + rnd() % 10);
+        }
+        tm.data = d;
+        break;
+    }
+    }
+    tm.m.data = tm.data;
+    tm.m.scale = tm.scale;
+    return tm;
+}
+
+static float
+mat_at(const dsv4_mat *w, int r, int k)
+{
+    int C = w->cols;
+
+    switch (w->type) {
+    case DSV4_MAT_F32:  return ((const float *) w->data)[(size_t) r * C + k];
+    case DSV4_MAT_BF16: return dsv4_bf16_to_f32(((const uint16_t *) w->data)[(size_t) r * C + k]);
+    case DSV4_MAT_FP8:
+        return dsv4_e4m3_table[((const uint8_t *) w->data)[(size_t) r * C + k]]
+               * dsv4_e8m0_table[w->scale[(size_t) (r / 128) * ((C + 127) / 128) + k / 128]];
+    case DSV4_MAT_FP4: {
+        uint8_t b = ((const uint8_t *) w->data)[((size_t) r * C + k) / 2];
+        return dsv4_e2m1_table[k % 2 ? b >> 4 : b & 15] * dsv4_e8m0_table[w->scale[(size_t) r * (C / 32) + k / 32]];
+    }
+    }
+    return 0.0f;
+}
+
+static const char *fmt_name[] = { "f32", "bf16", "fp8", "fp4" };
+
+/* One matmul shape on backend be vs the scalar reference. */
+static void
+check_matmul(const dsv4_backend *be, const dsv4_backend *sc, dsv4_mat_type t, int R, int C,
+             int n)
+{
+    test_mat tm = make_mat(t, R, C);
+    int      r0 = R > 5 ? 3 : 0, nr = R - r0;         /* a row range not starting at 0 */
+    int      ldx = C + 3, ldy = nr + 2;
+    float   *x = malloc((size_t) n * ldx * sizeof(float));
+    float   *y = calloc((size_t) n * ldy, sizeof(float)), *ref = calloc((size_t) n * ldy, sizeof(float));
+    float   *one = malloc((size_t) nr * sizeof(float));
+    double   worst = 0.0;
+    int      n_indep = 1;
+
+    for (int i = 0; i < n * ldx; i++) {
+        x[i] = frand();
+    }
+    be->matmul(be, &tm.m, r0, R, x, ldx, n, y, ldy);
+    sc->matmul(sc, &tm.m, r0, R, x, ldx, n, ref, ldy);
+    for (int i = 0; i < n; i++) {
+        for (int r = 0; r < nr; r++) {
+            double mag = 1e-30;
+            for (int k = 0; k < C; k++) {
+                mag += fabs((double) mat_at(&tm.m, r0 + r, k) * x[(size_t) i * ldx + k]);
+            }
+            double e = fabs((double) y[(size_t) i * ldy + r] - ref[(size_t) i * ldy + r]) / mag;
+            worst = e > worst ? e : worst;
+        }
+    }
+    TEST_CHECK(worst <= 1e-5, "%s %s matmul %dx%d n=%d: scaled error %.3g > 1e-5", be->name,
+               fmt_name[t], R, C, n, worst);
+    /* canonical order: each token alone gives the same bits as inside the batch */
+    for (int i = 0; i < n; i++) {
+        be->matmul(be, &tm.m, r0, R, x + (size_t) i * ldx, ldx, 1, one, nr);
+        n_indep &= memcmp(one, y + (size_t) i * ldy, (size_t) nr * sizeof(float)) == 0;
+    }
+    TEST_CHECK(n_indep, "%s %s matmul %dx%d n=%d: a token alone differs from the batch",
+               be->name, fmt_name[t], R, C, n);
+    /* and a sub-range of rows gives the same bits as the whole range */
+    if (nr > 9) {
+        be->matmul(be, &tm.m, r0 + 5, R - 2, x, ldx, n, ref, ldy);
+        int same = 1;
+        for (int i = 0; i < n; i++) {
+            same &= memcmp(ref + (size_t) i * ldy, y + (size_t) i * ldy + 5,
+                           (size_t) (nr - 7) * sizeof(float)) == 0;
+        }
+        TEST_CHECK(same, "%s %s matmul %dx%d n=%d: a row sub-range differs", be->name,
+                   fmt_name[t], R, C, n);
+    }
+    free(tm.data); free(tm.scale); free(x); free(y); free(ref); free(one);
+}
+
+static void
+test_matmul(const dsv4_backend *be, const dsv4_backend *sc)
+{
+    static const int rows[] = { 1, 7, 130, 300 };
+    static const int ns[] = { 1, 2, 3, 4, 5, 9, 37 };
+    static const struct { dsv4_mat_type t; int cols[4]; } shapes[] = {
+        { DSV4_MAT_F32,  { 1, 7, 45, 300 } },
+        { DSV4_MAT_BF16, { 3, 16, 70, 290 } },
+        { DSV4_MAT_FP8,  { 5, 32, 200, 520 } },     /* partial 128-blocks and tails */
+        { DSV4_MAT_FP4,  { 32, 64, 288, 544 } },    /* whole 32-blocks (the format) */
+    };
+
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        for (int ci = 0; ci < 4; ci++) {
+            for (size_t ri = 0; ri < sizeof(rows) / sizeof(rows[0]); ri++) {
+                for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
+                    /* keep the time small: big shapes only with a few n */
+                    if (rows[ri] * shapes[s].cols[ci] > 20000 && ns[ni] != 1 && ns[ni] != 37) {
+                        continue;
+                    }
+                    check_matmul(be, sc, shapes[s].t, rows[ri], shapes[s].cols[ci], ns[ni]);
+                }
+            }
+        }
+    }
+    /* 70 tokens: three token blocks of the GEMM path */
+    check_matmul(be, sc, DSV4_MAT_FP8, 50, 300, 70);
+    check_matmul(be, sc, DSV4_MAT_FP4, 50, 320, 70);
+}
+
+/* matmul_batch: every job equals the same matmul alone. */
+static void
+test_matmul_batch(const dsv4_backend *be)
+{
+    enum { NJ = 5 };
+    test_mat        m[NJ];
+    dsv4_matmul_job jobs[NJ];
+    float          *x = malloc(10 * 320 * sizeof(float)), *y[NJ], *z = malloc(10 * 300 * sizeof(float));
+    int             same = 1;
+
+    for (int i = 0; i < 10 * 320; i++) {
+        x[i] = frand();
+    }
+    for (int j = 0; j < NJ; j++) {
+        int R = 20 + 60 * j, n = 1 + j * 2;
+        m[j] = make_mat((dsv4_mat_type) (j % 4), R, 320);
+        y[j] = malloc((size_t) n * R * sizeof(float));
+        jobs[j] = (dsv4_matmul_job) { &m[j].m, 0, R, x, 320, n, y[j], R };
+    }
+    be->matmul_batch(be, jobs, NJ);
+    for (int j = 0; j < NJ; j++) {
+        be->matmul(be, jobs[j].w, 0, jobs[j].row_end, x, 320, jobs[j].n, z, jobs[j].row_end);
+        same &= memcmp(z, y[j], (size_t) jobs[j].n * jobs[j].row_end * sizeof(float)) == 0;
+        free(m[j].data); free(m[j].scale); free(y[j]);
+    }
+    TEST_CHECK(same, "%s matmul_batch differs from separate matmuls", be->name);
+    free(x); free(z);
+}
+
+static double
+rel_to_max(const float *a, const float *ref, int n)
+{
+    double d = 0.0, mx = 1.0;
+
+    for (int i = 0; i < n; i++) {
+        mx = fabs(ref[i]) > mx ? fabs(ref[i]) : mx;
+    }
+    for (int i = 0; i < n; i++) {
+        double e = fabs((double) a[i] - ref[i]);
+        d = e > d || isnan(e) ? e : d;
+    }
+    return d / mx;
+}
+
+static void
+test_ops(const dsv4_backend *be, const dsv4_backend *sc)
+{
+    enum { MAXN = 1 << 17 };
+    float *a = malloc(MAXN * sizeof(float)), *b = malloc(MAXN * sizeof(float));
+    float *w = malloc(MAXN * sizeof(float)), *o1 = malloc(MAXN * sizeof(float));
+    float *o2 = malloc(MAXN * sizeof(float)), *sc1 = malloc(MAXN * sizeof(float));
+    float *sc2 = malloc(MAXN * sizeof(float));
+    float  freqs[400];
+
+    for (int i = 0; i < MAXN; i++) {
+        a[i] = 3.0f * frand();
+        w[i] = 1.0f + 0.1f * frand();
+    }
+    /* rmsnorm */
+    static const int ds[] = { 1, 7, 37, 100, 4096 };
+    for (size_t i = 0; i < sizeof(ds) / sizeof(ds[0]); i++) {
+        be->rmsnorm(be, o1, a, w, ds[i], 1e-6f);
+        sc->rmsnorm(sc, o2, a, w, ds[i], 1e-6f);
+        double e = rel_to_max(o1, o2, ds[i]);
+        TEST_CHECK(e <= 1e-6, "%s rmsnorm d=%d: rel-to-max %.3g > 1e-6", be->name, ds[i], e);
+        memcpy(o1, a, ds[i] * sizeof(float));       /* in place, no weights */
+        be->rmsnorm(be, o1, o1, NULL, ds[i], 1e-6f);
+        sc->rmsnorm(sc, o2, a, NULL, ds[i], 1e-6f);
+        e = rel_to_max(o1, o2, ds[i]);
+        TEST_CHECK(e <= 1e-6, "%s rmsnorm in place d=%d: rel-to-max %.3g", be->name, ds[i], e);
+    }
+    /* rope, both directions, cache hits and misses, > 256 pairs (scalar path) */
+    for (int i = 0; i < 400; i++) {
+        freqs[i] = powf(10000.0f, -(float) i / 400.0f);
+    }
+    static const int nps[] = { 1, 3, 16, 32, 300 };
+    for (size_t i = 0; i < sizeof(nps) / sizeof(nps[0]); i++) {
+        for (int sign = -1; sign <= 1; sign += 2) {
+            for (int pos = 0; pos < 5000; pos += 1777) {
+                memcpy(o1, a, 2 * nps[i] * sizeof(float));
+                memcpy(o2, a, 2 * nps[i] * sizeof(float));
+                be->rope(be, o1, nps[i], pos, freqs, sign);
+                be->rope(be, o1 + 0, 0, pos, freqs, sign);         /* no-op */
+                sc->rope(sc, o2, nps[i], pos, freqs, sign);
+                double e = rel_to_max(o1, o2, 2 * nps[i]);
+                TEST_CHECK(e <= 1e-6, "%s rope npairs=%d pos=%d sign=%d: rel-to-max %.3g",
+                           be->name, nps[i], pos, sign, e);
+            }
+        }
+    }
+    /* hadamard: bit-identical */
+    for (int n = 1; n <= 1024; n *= 2) {
+        memcpy(o1, a, n * sizeof(float));
+        memcpy(o2, a, n * sizeof(float));
+        be->hadamard(be, o1, n);
+        sc->hadamard(sc, o2, n);
+        TEST_CHECK(memcmp(o1, o2, n * sizeof(float)) == 0, "%s hadamard n=%d not bit-identical",
+                   be->name, n);
+    }
+    /* attention: keys shared by the heads; sizes around the threading cut */
+    static const int att[][3] = { { 1, 4, 1 }, { 3, 7, 5 }, { 4, 64, 37 }, { 16, 96, 300 },
+                                  { 8, 512, 150 }, { 2, 33, 1000 } };
+    for (size_t i = 0; i < sizeof(att) / sizeof(att[0]); i++) {
+        int          H = att[i][0], dim = att[i][1], nk = att[i][2];
+        const float *keys[1000];
+        float        sink[16];
+        for (int u = 0; u < nk; u++) {
+            keys[u] = b + (size_t) (u * 7) % (MAXN - dim);
+        }
+        for (int j = 0; j < MAXN; j++) {
+            b[j] = frand();
+        }
+        for (int h = 0; h < H; h++) {
+            sink[h] = frand();
+        }
+        float scale = 3.0f / sqrtf((float) dim);
+        be->attention(be, a, H, dim, keys, nk, scale, sink, sc1, o1);
+        sc->attention(sc, a, H, dim, keys, nk, scale, sink, sc2, o2);
+        double e = rel_to_max(o1, o2, H * dim);
+        TEST_CHECK(e <= 1e-5, "%s attention H=%d dim=%d keys=%d: rel-to-max %.3g > 1e-5",
+                   be->name, H, dim, nk, e);
+    }
+    /* compressor pooling: some slots empty (-inf) */
+    static const int pools[][2] = { { 8, 5 }, { 8, 64 }, { 4, 130 }, { 128, 96 } };
+    for (size_t i = 0; i < sizeof(pools) / sizeof(pools[0]); i++) {
+        int          ns = pools[i][0], d = pools[i][1];
+        const float *kv[128], *sco[128];
+        for (int s = 0; s < ns; s++) {
+            kv[s] = a + s * d;
+            sco[s] = b + s * d;
+        }
+        for (int j = 0; j < ns * d; j++) {
+            b[j] = 4.0f * frand();
+        }
+        for (int j = 0; j < d; j += 3) {
+            b[j] = -INFINITY;                   /* slot 0 empty on every third channel */
+        }
+        be->compress_pool(be, kv, sco, ns, d, o1);
+        sc->compress_pool(sc, kv, sco, ns, d, o2);
+        double e = rel_to_max(o1, o2, d);
+        TEST_CHECK(e <= 1e-5, "%s compress_pool slots=%d d=%d: rel-to-max %.3g > 1e-5",
+                   be->name, ns, d, e);
+    }
+    /* indexer scores */
+    for (int j = 0; j < MAXN; j++) {
+        b[j] = frand();
+    }
+    static const int idx[][3] = { { 4, 64, 1 }, { 4, 64, 37 }, { 8, 128, 600 }, { 3, 20, 9 } };
+    for (size_t i = 0; i < sizeof(idx) / sizeof(idx[0]); i++) {
+        int Hi = idx[i][0], di = idx[i][1], nk = idx[i][2];
+        be->indexer_scores(be, a, w, Hi, di, b, nk, o1);
+        sc->indexer_scores(sc, a, w, Hi, di, b, nk, o2);
+        double e = rel_to_max(o1, o2, nk);
+        TEST_CHECK(e <= 1e-5, "%s indexer_scores heads=%d dim=%d keys=%d: rel-to-max %.3g",
+                   be->name, Hi, di, nk, e);
+    }
+    /* the ops the backend shares with the reference stay bit-identical */
+    memcpy(o1, a, 256 * sizeof(float));
+    memcpy(o2, a, 256 * sizeof(float));
+    be->fake_quant_fp8(be, o1, 256, 64);
+    sc->fake_quant_fp8(sc, o2, 256, 64);
+    be->fake_quant_fp4(be, o1 + 128, 128, 32);
+    sc->fake_quant_fp4(sc, o2 + 128, 128, 32);
+    be->sinkhorn(be, o1 + 200, 4, 20, 1e-6f);
+    sc->sinkhorn(sc, o2 + 200, 4, 20, 1e-6f);
+    TEST_CHECK(memcmp(o1, o2, 256 * sizeof(float)) == 0, "%s fake-quant/sinkhorn differ",
+               be->name);
+    free(a); free(b); free(w); free(o1); free(o2); free(sc1); free(sc2);
+}
+
+/* The thread count must not change a single bit. */
+static void
+test_threads(const char *isa)
+{
+    char                err[256];
+    dsv4_cpu_opts       o1 = { 1, isa, 0 }, o3 = { 3, isa, 0 };
+    const dsv4_backend *b1 = dsv4_backend_cpu_new_opts(&o1, err, sizeof(err));
+    const dsv4_backend *b3 = dsv4_backend_cpu_new_opts(&o3, err, sizeof(err));
+    int                 same = 1;
+
+    TEST_CHECK(b1 != NULL && b3 != NULL, "backend %s: %s", isa, err);
+    if (b1 == NULL || b3 == NULL) {
+        return;
+    }
+    for (int t = 0; t < 4; t++) {
+        test_mat m = make_mat((dsv4_mat_type) t, 517, 1024);
+        int      ns[] = { 1, 3, 40 };
+        for (int k = 0; k < 3; k++) {
+            int    n = ns[k];
+            float *x = malloc((size_t) n * 1024 * sizeof(float));
+            float *y1 = malloc((size_t) n * 517 * sizeof(float));
+            float *y3 = malloc((size_t) n * 517 * sizeof(float));
+            for (int i = 0; i < n * 1024; i++) {
+                x[i] = frand();
+            }
+            b1->matmul(b1, &m.m, 0, 517, x, 1024, n, y1, 517);
+            b3->matmul(b3, &m.m, 0, 517, x, 1024, n, y3, 517);
+            same &= memcmp(y1, y3, (size_t) n * 517 * sizeof(float)) == 0;
+            free(x); free(y1); free(y3);
+        }
+        free(m.data); free(m.scale);
+    }
+    TEST_CHECK(same, "%s: 1 and 3 threads give different matmul bits", isa);
+    dsv4_backend_cpu_free(b1);
+    dsv4_backend_cpu_free(b3);
+}
+
+int
+main(void)
+{
+    const dsv4_backend *sc = dsv4_backend_cpu_scalar();
+    static const char  *isas[] = { "generic", "avx2", "avx512" };
+    char                err[256];
+    const char         *best = dsv4_cpu_best_isa();
+
+    printf("best kernels on this CPU: %s\n", best);
+    for (size_t i = 0; i < sizeof(isas) / sizeof(isas[0]); i++) {
+        dsv4_cpu_opts       o = { 2, isas[i], 0 };
+        const dsv4_backend *be = dsv4_backend_cpu_new_opts(&o, err, sizeof(err));
+        if (be == NULL) {
+            printf("%s: skipped (%s)\n", isas[i], err);
+            TEST_CHECK(strcmp(isas[i], "generic") != 0, "generic kernels must always load");
+            continue;
+        }
+        int before = test_failed_count;
+        test_matmul(be, sc);
+        test_matmul_batch(be);
+        test_ops(be, sc);
+        test_threads(isas[i]);
+        printf("%s: %s\n", be->name, test_failed_count == before ? "ok" : "FAILED");
+        dsv4_backend_cpu_free(be);
+    }
+    /* bad requests are refused with a message, not a crash */
+    dsv4_cpu_opts bad = { 2, "sse9", 0 };
+    TEST_CHECK(dsv4_backend_cpu_new_opts(&bad, err, sizeof(err)) == NULL
+               && strstr(err, "sse9") != NULL, "unknown kernel set accepted (%s)", err);
+    dsv4_cpu_opts many = { 5000, NULL, 0 };
+    TEST_CHECK(dsv4_backend_cpu_new_opts(&many, err, sizeof(err)) == NULL,
+               "5000 threads accepted");
+    dsv4_backend_cpu_free(dsv4_backend_cpu_scalar());   /* not ours: ignored */
+    return TEST_REPORT();
+}
