@@ -11,7 +11,7 @@ CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=gnu11 -fPIC -pthread -W -Wall -Wextra -Wpointer-arith \
-           -Wno-unused-parameter -Werror -I. -Iengine -Ikernels
+           -Wno-unused-parameter -Werror -I. -iquote engine -iquote kernels
 LDLIBS  += -ljansson -lpcre2-8 -lm -lpthread
 
 LIB_SRCS   := $(sort $(wildcard engine/*.c kernels/cpu/*.c))
@@ -32,15 +32,15 @@ build/libdsv4.a: $(LIB_OBJS)
 	ar rcs $@ $^
 
 build/%: engine/cli/%.c build/libdsv4.a
-	$(CC) $(CFLAGS) $< -o $@ build/libdsv4.a $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ build/libdsv4.a $(LDLIBS)
 
-build/tests/%: tests/unit/%.c tests/test.h build/libdsv4.a
+build/tests/%: tests/unit/%.c build/libdsv4.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< -o $@ build/libdsv4.a $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ build/libdsv4.a $(LDLIBS)
 
 build/bench/%: bench/%.c build/libdsv4.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< -o $@ build/libdsv4.a $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ build/libdsv4.a $(LDLIBS)
 
 test: all
 	tests/run
@@ -51,4 +51,4 @@ demo: all
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(wildcard build/*.d build/tests/*.d build/bench/*.d)
