@@ -20,8 +20,12 @@ TOOLS      := $(patsubst engine/cli/%.c,build/%,$(wildcard engine/cli/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/*.c))
 BENCHES    := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
 
+# the nginx module (build/ngx_dsv4_module.so) and its check/serve targets
+include ngx_dsv4_module/module.mk
+.DEFAULT_GOAL := all
+
 .PHONY: all test demo clean
-all: build/libdsv4.a $(TOOLS) $(UNIT_TESTS) $(BENCHES)
+all: build/libdsv4.a $(TOOLS) $(UNIT_TESTS) $(BENCHES) $(NGX_MOD_SO)
 
 build/obj/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -51,6 +51,7 @@ struct dsv4_request {
     dsv4_request       *next_wait;
     dsv4_request       *next_ready;
     int                 in_ready;
+    int                 queued;        /* on the waiting queue */
     /* engine thread only */
     dsv4_seq           *seq;
     dsv4_sampler       *sampler;
@@ -83,6 +84,7 @@ struct dsv4_sched {
     int               efd;
     int               stop;
     dsv4_engine      *engines;
+    dsv4_sched_stats  stats;
 };
 
 static double
@@ -166,15 +168,39 @@ dsv4_request_release(dsv4_request *r)
     free(r);
 }
 
+static void dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r);
+
 void
 dsv4_request_cancel(dsv4_request *r)
 {
+    dsv4_sched *s = r->sched;
+
     atomic_store(&r->cancelled, 1);
-    if (r->sched != NULL) {
-        pthread_mutex_lock(&r->sched->mu);
-        pthread_cond_broadcast(&r->sched->cv);
-        pthread_mutex_unlock(&r->sched->mu);
+    if (s == NULL) {
+        return;
     }
+    pthread_mutex_lock(&s->mu);
+    if (r->queued) {
+        /* never started: leave the queue now rather than at admission */
+        dsv4_request **pp = &s->wait_head, *prev = NULL;
+        while (*pp != r) {
+            prev = *pp;
+            pp = &(*pp)->next_wait;
+        }
+        *pp = r->next_wait;
+        if (s->wait_tail == r) {
+            s->wait_tail = prev;
+        }
+        r->queued = 0;
+        s->nwaiting--;
+        pthread_mutex_lock(&r->mu);
+        r->finish = DSV4_FINISH_CANCELLED;
+        pthread_mutex_unlock(&r->mu);
+        dsv4_sched_mark_ready(s, r);
+        atomic_fetch_sub(&r->refs, 1);   /* the queue's ref; the caller still holds one */
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 int
@@ -363,6 +389,7 @@ dsv4_engine_admit(dsv4_engine *e)
         if (s->wait_head == NULL) {
             s->wait_tail = NULL;
         }
+        r->queued = 0;
         s->nwaiting--;
         s->nrunning++;
         pthread_mutex_unlock(&s->mu);
@@ -467,6 +494,16 @@ dsv4_engine_step(dsv4_engine *e)
     if (ni == 0) {
         return;
     }
+    pthread_mutex_lock(&s->mu);
+    s->stats.steps++;
+    s->stats.rows += (uint64_t) rows;
+    s->stats.seqs += (uint64_t) ni;
+    for (int k = 0; k < ni; k++) {
+        if (e->item_req[k]->fed < e->item_req[k]->p.n_prompt) {
+            s->stats.prefill_rows += (uint64_t) e->items[k].n;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
     if (dsv4_forward_batch(e->ctx, e->items, ni, err, sizeof(err)) != 0) {
         /* a batch-level failure is a bug or exhaustion: fail its requests */
         for (int k = 0; k < ni; k++) {
@@ -640,6 +677,14 @@ dsv4_sched_fd(const dsv4_sched *s)
 }
 
 void
+dsv4_sched_get_stats(dsv4_sched *s, dsv4_sched_stats *st)
+{
+    pthread_mutex_lock(&s->mu);
+    *st = s->stats;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void
 dsv4_sched_load(dsv4_sched *s, int *waiting, int *running)
 {
     pthread_mutex_lock(&s->mu);
@@ -672,9 +717,11 @@ dsv4_sched_submit(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen)
     pthread_mutex_lock(&s->mu);
     if (s->nwaiting >= s->conf.max_queue) {
         pthread_mutex_unlock(&s->mu);
-        return dsv4_error(err, errlen, "queue full (%d waiting)", s->conf.max_queue);
+        dsv4_error(err, errlen, "queue full (%d waiting)", s->conf.max_queue);
+        return DSV4_SCHED_EFULL;
     }
     r->sched = s;
+    r->queued = 1;
     r->t_submit = dsv4_now();
     atomic_fetch_add(&r->refs, 1);
     r->next_wait = NULL;

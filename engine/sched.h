@@ -84,14 +84,28 @@ dsv4_request *dsv4_sched_next_ready(dsv4_sched *s);
 /* Requests waiting / running, for metrics and admission. */
 void dsv4_sched_load(dsv4_sched *s, int *waiting, int *running);
 
+/* Cumulative counters since start, for metrics (batch size = rows / steps). */
+typedef struct {
+    uint64_t steps;      /* forward steps run */
+    uint64_t rows;       /* token rows fed, all sequences */
+    uint64_t seqs;       /* sequences fed, summed over steps */
+    uint64_t prefill_rows;
+} dsv4_sched_stats;
+
+void dsv4_sched_get_stats(dsv4_sched *s, dsv4_sched_stats *st);
+
 /* Creates a request (caller holds one ref).  NULL with err on invalid params. */
 dsv4_request *dsv4_request_new(const dsv4_request_params *p, char *err, size_t errlen);
 
-/* Queues r.  Returns 0, or -1 when the queue is full (backpressure: answer 503)
- * or the request is too long for max_ctx (err says which). */
+#define DSV4_SCHED_EINVAL  -1   /* the request cannot run (too long, bad ids or params) */
+#define DSV4_SCHED_EFULL   -2   /* the queue is full: backpressure, answer 503 */
+
+/* Queues r.  Returns 0, DSV4_SCHED_EINVAL or DSV4_SCHED_EFULL (err says why). */
 int dsv4_sched_submit(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen);
 
-/* Asks the engine to stop r (client gone); safe from any thread, any time. */
+/* Asks the engine to stop r (client gone); safe from any thread, any time.
+ * A request still waiting leaves the queue at once and finishes CANCELLED;
+ * a running one stops at the next step boundary. */
 void dsv4_request_cancel(dsv4_request *r);
 
 /* Copies up to cap tokens produced since the last call into out; returns how

@@ -40,7 +40,8 @@ NGX_CC         ?= cc
 NGX_CFLAGS     ?= -g -O2 -fstack-protector-strong -Wformat \
                   -Werror=format-security -D_FORTIFY_SOURCE=2
 NGX_WARN       := -fPIC -pipe -W -Wall -Wpointer-arith -Wno-unused-parameter -Werror
-NGX_MOD_LIBS   := -ljansson -lpcre2-8 -lm -lpthread
+# the engine's libraries (the top-level LDLIBS when it has them)
+NGX_MOD_LIBS    = $(if $(LDLIBS),$(LDLIBS),-ljansson -lpcre2-8 -lm -lpthread) -ldl
 PORT           ?= 8080
 
 .PHONY: module check-module check-module-clang serve

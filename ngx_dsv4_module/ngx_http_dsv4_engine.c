@@ -151,7 +151,8 @@ ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
         }
 
         for (i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
-            id = dsv4_tokenizer_token_id(m->tok, stops[i], ngx_strlen(stops[i]));
+            id = dsv4_tokenizer_token_id(m->tok, stops[i],
+                                         ngx_strlen(stops[i]));
             if (id >= 0) {
                 m->stop_ids[m->n_stop_ids++] = id;
             }
@@ -170,7 +171,7 @@ ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
     sc.max_queue = (int) dmcf->max_queue;
     sc.max_ctx = ctx;
     sc.n_logprobs = NGX_HTTP_DSV4_MAX_LOGPROBS;
-    sc.backend = dsv4_backend_cpu_scalar();
+    sc.backend = dmcf->be;
 
     m->sched = dsv4_sched_new(m->model, &sc, err, sizeof(err));
     if (m->sched == NULL) {
@@ -209,9 +210,35 @@ ngx_http_dsv4_loader(void *data)
     ngx_uint_t              i;
     ngx_http_dsv4_model_t  *m;
 
+    char                    err[256];
+    dsv4_cpu_opts           opts;
+
     m = dmcf->models.elts;
 
+    /* one compute backend per worker, shared by its engine threads */
+
+    if (dmcf->backend == NGX_HTTP_DSV4_BACKEND_SCALAR) {
+        dmcf->be = dsv4_backend_cpu_scalar();
+
+    } else {
+        ngx_memzero(&opts, sizeof(dsv4_cpu_opts));
+        opts.nthreads = (int) dmcf->backend_threads;
+        opts.isa = dmcf->backend_isa.len ? (char *) dmcf->backend_isa.data
+                                         : NULL;
+        opts.blas = (int) dmcf->backend_blas;
+
+        dmcf->be = dsv4_backend_cpu_new_opts(&opts, err, sizeof(err));
+    }
+
     for (i = 0; i < dmcf->models.nelts; i++) {
+        if (dmcf->be == NULL) {
+            ngx_snprintf((u_char *) m[i].error, sizeof(m[i].error) - 1,
+                         "model \"%V\": cpu backend: %s%Z", &m[i].name, err);
+            ngx_atomic_cmp_set(&m[i].state, NGX_HTTP_DSV4_LOADING,
+                               NGX_HTTP_DSV4_FAILED);
+            continue;
+        }
+
         ngx_http_dsv4_load_one(dmcf, &m[i]);
     }
 
@@ -267,8 +294,9 @@ ngx_http_dsv4_load_handler(ngx_event_t *ev)
 
         ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
                       "dsv4: model \"%V\" ready in %.2fs (context %i, "
-                      "%s tokenizer)", &m[i].name, m[i].load_seconds,
-                      m[i].ctx_len, m[i].tok ? "with" : "no");
+                      "%s tokenizer, %s backend)", &m[i].name,
+                      m[i].load_seconds, m[i].ctx_len,
+                      m[i].tok ? "with" : "no", dmcf->be->name);
 
         ngx_http_dsv4_metrics_load(&m[i], 1);
     }
@@ -449,4 +477,10 @@ ngx_http_dsv4_engine_exit(ngx_cycle_t *cycle)
             m[i].model = NULL;
         }
     }
+
+    if (dmcf->be != NULL && dmcf->backend == NGX_HTTP_DSV4_BACKEND_CPU) {
+        dsv4_backend_cpu_free(dmcf->be);
+    }
+
+    dmcf->be = NULL;
 }

@@ -49,6 +49,10 @@ typedef struct {
     ngx_atomic_t                rejected;
     ngx_http_dsv4_hist_t        hist[NGX_HTTP_DSV4_H_N];
     ngx_atomic_t                running[NGX_HTTP_DSV4_MAX_WORKERS];
+    /* the schedulers' cumulative step counters, per worker */
+    ngx_atomic_t                steps[NGX_HTTP_DSV4_MAX_WORKERS];
+    ngx_atomic_t                step_rows[NGX_HTTP_DSV4_MAX_WORKERS];
+    ngx_atomic_t                step_seqs[NGX_HTTP_DSV4_MAX_WORKERS];
     ngx_atomic_t                waiting[NGX_HTTP_DSV4_MAX_WORKERS];
     ngx_atomic_t                loaded[NGX_HTTP_DSV4_MAX_WORKERS];
 } ngx_http_dsv4_stats_t;
@@ -229,6 +233,7 @@ ngx_http_dsv4_metrics_refresh(ngx_http_dsv4_model_t *m)
 {
     int                     waiting, running;
     ngx_uint_t              w;
+    dsv4_sched_stats        ss;
     ngx_http_dsv4_stats_t  *st;
 
     st = ngx_http_dsv4_stats(m);
@@ -238,11 +243,15 @@ ngx_http_dsv4_metrics_refresh(ngx_http_dsv4_model_t *m)
     }
 
     dsv4_sched_load(m->sched, &waiting, &running);
+    dsv4_sched_get_stats(m->sched, &ss);
 
     w = ngx_worker % NGX_HTTP_DSV4_MAX_WORKERS;
 
     st->running[w] = (ngx_atomic_uint_t) running;
     st->waiting[w] = (ngx_atomic_uint_t) waiting;
+    st->steps[w] = (ngx_atomic_uint_t) ss.steps;
+    st->step_rows[w] = (ngx_atomic_uint_t) ss.rows;
+    st->step_seqs[w] = (ngx_atomic_uint_t) ss.seqs;
 }
 
 
@@ -446,6 +455,44 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
             "dsv4:num_requests_running{model_name=\"%.*s\"} %lu\n",
             (int) m[i].name.len, m[i].name.data,
             st ? (unsigned long) ngx_http_dsv4_sum(st->running) : 0UL);
+    }
+
+    ngx_http_dsv4_emit(&b,
+        "# HELP dsv4:engine_steps_total Forward steps run by the engines.\n"
+        "# TYPE dsv4:engine_steps_total counter\n");
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        st = ngx_http_dsv4_stats(&m[i]);
+        ngx_http_dsv4_emit(&b,
+            "dsv4:engine_steps_total{model_name=\"%.*s\"} %lu\n",
+            (int) m[i].name.len, m[i].name.data,
+            st ? (unsigned long) ngx_http_dsv4_sum(st->steps) : 0UL);
+    }
+
+    ngx_http_dsv4_emit(&b,
+        "# HELP dsv4:engine_step_sequences_total Sequences fed, summed over "
+        "steps (divide by steps for the mean batch size).\n"
+        "# TYPE dsv4:engine_step_sequences_total counter\n");
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        st = ngx_http_dsv4_stats(&m[i]);
+        ngx_http_dsv4_emit(&b,
+            "dsv4:engine_step_sequences_total{model_name=\"%.*s\"} %lu\n",
+            (int) m[i].name.len, m[i].name.data,
+            st ? (unsigned long) ngx_http_dsv4_sum(st->step_seqs) : 0UL);
+    }
+
+    ngx_http_dsv4_emit(&b,
+        "# HELP dsv4:engine_step_tokens_total Token rows fed (prefill and "
+        "decode), summed over steps.\n"
+        "# TYPE dsv4:engine_step_tokens_total counter\n");
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        st = ngx_http_dsv4_stats(&m[i]);
+        ngx_http_dsv4_emit(&b,
+            "dsv4:engine_step_tokens_total{model_name=\"%.*s\"} %lu\n",
+            (int) m[i].name.len, m[i].name.data,
+            st ? (unsigned long) ngx_http_dsv4_sum(st->step_rows) : 0UL);
     }
 
     ngx_http_dsv4_emit(&b,

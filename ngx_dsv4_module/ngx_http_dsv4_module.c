@@ -18,6 +18,8 @@ static char *ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dsv4_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dsv4_backend(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_dsv4_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dsv4_set_size(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -73,6 +75,13 @@ static ngx_command_t  ngx_http_dsv4_commands[] = {
     { ngx_string("dsv4_model"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_dsv4_model,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_backend"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsv4_backend,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -229,6 +238,9 @@ ngx_http_dsv4_create_main_conf(ngx_conf_t *cf)
      *     dmcf->loader_started = 0;
      */
 
+    dmcf->backend = NGX_CONF_UNSET_UINT;
+    dmcf->backend_threads = NGX_CONF_UNSET;
+    dmcf->backend_blas = NGX_CONF_UNSET;
     dmcf->engines = NGX_CONF_UNSET;
     dmcf->max_seqs = NGX_CONF_UNSET;
     dmcf->max_batch_tokens = NGX_CONF_UNSET;
@@ -244,6 +256,9 @@ ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_dsv4_main_conf_t *dmcf = conf;
 
+    ngx_conf_init_uint_value(dmcf->backend, NGX_HTTP_DSV4_BACKEND_CPU);
+    ngx_conf_init_value(dmcf->backend_threads, 0);
+    ngx_conf_init_value(dmcf->backend_blas, 0);
     ngx_conf_init_value(dmcf->engines, 1);
     ngx_conf_init_value(dmcf->max_seqs, 16);
     ngx_conf_init_value(dmcf->max_batch_tokens, 512);
@@ -734,6 +749,101 @@ ngx_http_dsv4_thread_pool(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 #endif
+
+
+/*
+ * dsv4_backend cpu [threads=N] [isa=auto|avx512|avx2|generic] [blas=on|off];
+ * dsv4_backend scalar;
+ */
+
+static char *
+ngx_http_dsv4_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsv4_main_conf_t *dmcf = conf;
+
+    ngx_str_t   *value, s;
+    ngx_uint_t   i;
+
+    if (dmcf->backend != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "scalar") == 0) {
+        if (cf->args->nelts > 2) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\": the scalar "
+                               "backend takes none", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        dmcf->backend = NGX_HTTP_DSV4_BACKEND_SCALAR;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "cpu") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid backend \"%V\", expected \"cpu\" or "
+                           "\"scalar\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    dmcf->backend = NGX_HTTP_DSV4_BACKEND_CPU;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "threads=", 8) == 0) {
+            dmcf->backend_threads = ngx_http_dsv4_parse_int(&value[i], 8);
+
+            if (dmcf->backend_threads < 0
+                || dmcf->backend_threads > 1024)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid threads \"%V\", expected 0 "
+                                   "(one per CPU) to 1024", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "isa=", 4) == 0) {
+            s.data = value[i].data + 4;
+            s.len = value[i].len - 4;
+
+            if (ngx_strcmp(s.data, "auto") != 0
+                && ngx_strcmp(s.data, "avx512") != 0
+                && ngx_strcmp(s.data, "avx2") != 0
+                && ngx_strcmp(s.data, "generic") != 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid isa \"%V\", expected auto, "
+                                   "avx512, avx2 or generic", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            dmcf->backend_isa = s;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "blas=on") == 0) {
+            dmcf->backend_blas = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "blas=off") == 0) {
+            dmcf->backend_blas = 0;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
 
 
 /*

@@ -48,6 +48,9 @@
 #define NGX_HTTP_DSV4_API_HEALTH            7
 #define NGX_HTTP_DSV4_API_METRICS           8
 
+#define NGX_HTTP_DSV4_BACKEND_CPU           0
+#define NGX_HTTP_DSV4_BACKEND_SCALAR        1
+
 #define NGX_HTTP_DSV4_LOADING               0
 #define NGX_HTTP_DSV4_READY                 1
 #define NGX_HTTP_DSV4_FAILED                2
@@ -119,9 +122,15 @@ typedef struct {
     ngx_int_t                   prefill_chunk;
     ngx_int_t                   max_queue;
 
+    ngx_uint_t                  backend;        /* NGX_HTTP_DSV4_BACKEND_* */
+    ngx_int_t                   backend_threads;
+    ngx_str_t                   backend_isa;    /* "" = auto */
+    ngx_flag_t                  backend_blas;
+
     ngx_shm_zone_t             *shm_zone;
 
     /* per worker */
+    const dsv4_backend         *be;
     ngx_event_t                 load_event;
     ngx_uint_t                  loader_started;
     ngx_uint_t                  pending;        /* models still loading */
@@ -295,6 +304,7 @@ ngx_int_t ngx_http_dsv4_send_json(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t ngx_http_dsv4_send_text(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *data, size_t len);
 ngx_int_t ngx_http_dsv4_stream_header(ngx_http_request_t *r);
+ngx_int_t ngx_http_dsv4_retry_after(ngx_http_request_t *r);
 ngx_int_t ngx_http_dsv4_stream_flush(ngx_http_dsv4_ctx_t *ctx,
     ngx_uint_t last);
 void ngx_http_dsv4_choice_ready(ngx_http_dsv4_choice_t *ch);

@@ -528,13 +528,15 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
     for (k = 0; k < ctx->nchoices; k++) {
         ch = &ctx->choices[k];
 
-        if (dsv4_sched_submit(m->sched, ch->req, err, sizeof(err)) != 0) {
+        rc = dsv4_sched_submit(m->sched, ch->req, err, sizeof(err));
+
+        if (rc != 0) {
 
             for (i = 0; i < k; i++) {
                 dsv4_request_cancel(ctx->choices[i].req);
             }
 
-            if (ngx_strncmp(err, "queue full", 10) == 0) {
+            if (rc == DSV4_SCHED_EFULL) {
                 ngx_http_dsv4_metrics_rejected(m);
                 return ngx_http_dsv4_send_error(r, ctx->api,
                                                 NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -814,6 +816,26 @@ ngx_http_dsv4_add_header(ngx_http_request_t *r, const char *key,
 }
 
 
+ngx_int_t
+ngx_http_dsv4_retry_after(ngx_http_request_t *r)
+{
+    u_char                    *p;
+    size_t                     len;
+    ngx_http_dsv4_loc_conf_t  *dlcf;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dsv4_module);
+
+    p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    len = ngx_sprintf(p, "%T", dlcf->retry_after) - p;
+
+    return ngx_http_dsv4_add_header(r, "Retry-After", p, len);
+}
+
+
 static const char *
 ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status)
 {
@@ -859,7 +881,6 @@ ngx_http_dsv4_send_error(ngx_http_request_t *r, ngx_uint_t api,
     ngx_uint_t status, const char *message, const char *param,
     const char *code)
 {
-    u_char                    *p;
     size_t                     len;
     json_t                    *body, *err, *msg;
     const char                *allow;
@@ -906,21 +927,11 @@ ngx_http_dsv4_send_error(ngx_http_request_t *r, ngx_uint_t api,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dsv4_module);
-
-        p = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
-        if (p == NULL) {
-            json_decref(body);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        len = ngx_sprintf(p, "%T", dlcf->retry_after) - p;
-
-        if (ngx_http_dsv4_add_header(r, "Retry-After", p, len) != NGX_OK) {
-            json_decref(body);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
+        && ngx_http_dsv4_retry_after(r) != NGX_OK)
+    {
+        json_decref(body);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (status == NGX_HTTP_NOT_ALLOWED) {

@@ -138,12 +138,22 @@ ngx_http_dsv4_health_handler(ngx_http_request_t *r)
                                                  "models", models));
     }
 
-    json_decref(models);
+    /* 503 in the error shape, with every model's state */
 
-    return ngx_http_dsv4_send_error(r, NGX_HTTP_DSV4_API_HEALTH,
-                                    NGX_HTTP_SERVICE_UNAVAILABLE,
-                                    "the model is not loaded", NULL,
-                                    "model_loading");
+    if (ngx_http_dsv4_retry_after(r) != NGX_OK) {
+        json_decref(models);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "dsv4: 503 a model is not loaded");
+
+    return ngx_http_dsv4_send_json(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+               json_pack("{s:s,s:o,s:{s:s,s:s,s:n,s:s}}",
+                         "status", "unavailable", "models", models,
+                         "error", "message", "a model is not loaded",
+                         "type", "service_unavailable_error", "param",
+                         "code", "model_loading"));
 }
 
 

@@ -41,7 +41,9 @@ for my $i (1 .. $N) {
 }
 is(scalar(grep { defined } @alone), $N, "$N requests alone complete");
 
-# all at once
+# all at once; the engine's step counters tell how many sequences shared a step
+my $steps0 = $t->metric('dsv4:engine_steps_total', 'demo') // 0;
+my $seqs0 = $t->metric('dsv4:engine_step_sequences_total', 'demo') // 0;
 my (%buf, %sock);
 for my $i (1 .. $N) {
     $sock{$i} = $t->start('POST', '/v1/chat/completions', body($i), 'Content-Type' => 'application/json');
@@ -71,6 +73,11 @@ is($done, $N, "$N concurrent streams all complete with [DONE]");
 my $same = grep { (text_of($buf{$_}) // "\0") eq ($alone[$_ - 1] // "\1") } 1 .. $N;
 is($same, $N, 'each concurrent output equals the same request alone');
 cmp_ok($max_running, '>', 1, "requests were batched together (saw $max_running running at once)");
+my $steps = ($t->metric('dsv4:engine_steps_total', 'demo') // 0) - $steps0;
+my $seqs = ($t->metric('dsv4:engine_step_sequences_total', 'demo') // 0) - $seqs0;
+cmp_ok($steps, '>', 0, "engine steps counted ($steps)");
+cmp_ok($seqs / ($steps || 1), '>', 1.5,
+       sprintf('mean sequences per step %.2f: streams shared the weight passes', $seqs / ($steps || 1)));
 
 $t->finish;
 done_testing;

@@ -30,6 +30,8 @@
 #define GEMM_MR        4
 #define GEMM_NR        3
 #define GEMV_RT(nt)    ((nt) <= 2 ? 4 : 2)
+#define ATT_HB         4
+#define ATT_DB         2
 #define GEMM_PANELS    8
 
 typedef __m256 vf;
@@ -120,9 +122,30 @@ deq_fp8(const uint8_t *p, int n, vf out[4])
     }
 }
 
-/* 16 bytes of e2m1 pairs (low nibble first) -> 4 vectors, natural order. */
+/* 32 e4m3 codes -> 4 vectors of value * 2^-120 (the code's bits moved into
+ * a float; e4m3 subnormals become float subnormals, exactly). */
 DSV4_AV void
-deq_fp4(const uint8_t *p, vf out[4])
+deq_fp8x(const uint8_t *p, int n, vf out[4])
+{
+    uint8_t       buf[32];
+    const __m256i m = _mm256_set1_epi32((int) 0x87F00000u);
+
+    if (n < 32) {
+        memset(buf, 0, sizeof(buf));
+        memcpy(buf, p, (size_t) n);
+        p = buf;
+    }
+    for (int v = 0; v < 4; v++) {
+        __m256i t = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (p + 8 * v)));
+        t = _mm256_srai_epi32(_mm256_slli_epi32(t, 24), 4);
+        out[v] = _mm256_castsi256_ps(_mm256_and_si256(t, m));
+    }
+}
+
+/* 16 bytes of e2m1 pairs (low nibble first) times scale s -> 4 vectors,
+ * natural order. */
+DSV4_AV void
+deq_fp4s(const uint8_t *p, float s, vf out[4])
 {
     const __m128i lut = _mm_setr_epi8(0x00, 0x38, 0x3C, 0x3E, 0x40, 0x42, 0x44, 0x46,
                                       (char) 0x80, (char) 0xB8, (char) 0xBC, (char) 0xBE,
@@ -133,10 +156,12 @@ deq_fp4(const uint8_t *p, vf out[4])
     __m128i       hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m));
     __m128i       i0 = _mm_unpacklo_epi8(lo, hi), i1 = _mm_unpackhi_epi8(lo, hi);
 
-    out[0] = _mm256_cvtph_ps(_mm_unpacklo_epi8(z, i0));
-    out[1] = _mm256_cvtph_ps(_mm_unpackhi_epi8(z, i0));
-    out[2] = _mm256_cvtph_ps(_mm_unpacklo_epi8(z, i1));
-    out[3] = _mm256_cvtph_ps(_mm_unpackhi_epi8(z, i1));
+    vf            sv = _mm256_set1_ps(s);
+
+    out[0] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpacklo_epi8(z, i0)), sv);
+    out[1] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpackhi_epi8(z, i0)), sv);
+    out[2] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpacklo_epi8(z, i1)), sv);
+    out[3] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpackhi_epi8(z, i1)), sv);
 }
 
 DSV4_AV void

@@ -5,9 +5,11 @@
  * binary runs on AVX2-only machines such as CI.
  *
  * FP8 goes through half precision exactly as in avx2.c (value * 2^-8, the
- * 2^8 folded into the scale).  FP4 uses the 16-entry table of e2m1 values
- * directly: vpermps looks up 16 nibbles at once, and one vpermt2d per 16
- * outputs puts the low/high nibbles back in element order.
+ * 2^8 folded into the scale), or, faster, straight into float bits (value *
+ * 2^-120) against a copy of x pre-multiplied by scale * 2^120 (deq_fp8x).
+ * FP4 uses the 16-entry table of e2m1 values, scaled per block: vpermps
+ * looks up 16 nibbles at once, and one vpermt2d per 16 outputs puts the
+ * low/high nibbles back in element order.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -26,6 +28,8 @@
 #define GEMM_MR        4
 #define GEMM_NR        6
 #define GEMV_RT(nt)    4
+#define ATT_HB         4
+#define ATT_DB         4
 #define GEMM_PANELS    3
 
 typedef __m512 vf;
@@ -93,20 +97,41 @@ deq_fp8(const uint8_t *p, int n, vf out[2])
     out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
 }
 
-/* 16 bytes of e2m1 pairs -> 2 vectors, natural order */
+/* 32 e4m3 codes -> 2 vectors of value * 2^-120: the code's bits moved into a
+ * float's sign, exponent and mantissa fields (e4m3 subnormals become float
+ * subnormals, exactly).  Used with x pre-multiplied by scale * 2^120. */
 DSV4_AV void
-deq_fp4(const uint8_t *p, vf out[2])
+deq_fp8x(const uint8_t *p, int n, vf out[2])
+{
+    const __m512i m = _mm512_set1_epi32((int) 0x87F00000u);
+
+    for (int h = 0; h < 2; h++) {
+        int     c = n - 16 * h;
+        __m128i b = c >= 16 ? _mm_loadu_si128((const __m128i *) (p + 16 * h))
+                            : _mm_maskz_loadu_epi8((__mmask16) (c > 0 ? (1u << c) - 1 : 0),
+                                                   p + 16 * h);
+        /* byte to the top, then down 4 with the sign copied: s eeee mmm at 27..20 */
+        __m512i t = _mm512_srai_epi32(_mm512_slli_epi32(_mm512_cvtepu8_epi32(b), 24), 4);
+        out[h] = _mm512_castsi512_ps(_mm512_and_si512(t, m));
+    }
+}
+
+/* 16 bytes of e2m1 pairs times scale s -> 2 vectors, natural order: the
+ * table of the 16 values is scaled once (exact: s is a power of two) */
+DSV4_AV void
+deq_fp4s(const uint8_t *p, float s, vf out[2])
 {
     const vf      tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
                                        -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
     const __m512i il0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i il1 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27,
                                           12, 28, 13, 29, 14, 30, 15, 31);
+    vf            ts = _mm512_mul_ps(tab, _mm512_set1_ps(s));
     __m512i       b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) p));
     __m512i       lo = _mm512_and_si512(b, _mm512_set1_epi32(0xF)), hi = _mm512_srli_epi32(b, 4);
 
-    out[0] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il0, hi), tab);
-    out[1] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il1, hi), tab);
+    out[0] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il0, hi), ts);
+    out[1] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il1, hi), ts);
 }
 
 DSV4_AV void

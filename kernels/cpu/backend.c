@@ -42,6 +42,62 @@ dsv4_cpu_tables(void)
     }
 }
 
+/* ---- per-thread scratch --------------------------------------------------- */
+
+typedef struct {
+    float  *p;
+    size_t  cap;
+} dsv4_tls_buf;
+
+static pthread_key_t  dsv4_tls_key;
+static pthread_once_t dsv4_tls_once = PTHREAD_ONCE_INIT;
+static int            dsv4_tls_ok;
+
+static void
+dsv4_tls_free(void *v)
+{
+    dsv4_tls_buf *b = v;
+
+    free(b->p);
+    free(b);
+}
+
+static void
+dsv4_tls_init(void)
+{
+    dsv4_tls_ok = pthread_key_create(&dsv4_tls_key, dsv4_tls_free) == 0;
+}
+
+float *
+dsv4_cpu_tls_floats(size_t n)
+{
+    dsv4_tls_buf *b;
+
+    pthread_once(&dsv4_tls_once, dsv4_tls_init);
+    if (!dsv4_tls_ok) {
+        return NULL;
+    }
+    b = pthread_getspecific(dsv4_tls_key);
+    if (b == NULL) {
+        if ((b = calloc(1, sizeof(*b))) == NULL) {
+            return NULL;
+        }
+        if (pthread_setspecific(dsv4_tls_key, b) != 0) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->cap < n) {
+        float *p = realloc(b->p, n * sizeof(float));
+        if (p == NULL) {
+            return NULL;
+        }
+        b->p = p;
+        b->cap = n;
+    }
+    return b->p;
+}
+
 /* Below this many multiply-adds a parallel job costs more than it saves. */
 #define DSV4_TASK_MIN_MACS   (32 * 1024)
 /* Tasks per thread and job: more than one so a preempted thread is covered. */
@@ -49,6 +105,8 @@ dsv4_cpu_tables(void)
 /* OpenBLAS path: only for at least this many tokens, in row chunks of this. */
 #define DSV4_BLAS_MIN_N      16
 #define DSV4_BLAS_ROWS       64
+/* Most parallel tasks one attention call is split into. */
+#define DSV4_ATTN_MAXTASKS   64
 /* RoPE cos/sin cache size (pairs); larger rotations use the scalar op. */
 #define DSV4_ROPE_MAX        256
 
@@ -60,8 +118,6 @@ typedef struct {
     dsv4_pool              *pool;
     int                     nthreads;
     int                     blas;
-    float                 **scratch;    /* [nthreads] per-thread buffers */
-    size_t                 *scratch_cap;/* [nthreads] floats */
     atomic_ullong           st_calls;
     atomic_ullong           st_bytes;
     atomic_ullong           st_flops;
@@ -94,22 +150,6 @@ static int
 dsv4_cpu_is(const dsv4_backend *be)
 {
     return be != NULL && be->impl != NULL && be->matmul == dsv4_cpu_matmul;
-}
-
-/* Per-thread scratch of at least n floats (grown, never shrunk); NULL when
- * out of memory, and callers then take a path that needs none. */
-static float *
-dsv4_cpu_scratch(dsv4_cpu *c, int thread, size_t n)
-{
-    if (c->scratch_cap[thread] < n) {
-        float *p = realloc(c->scratch[thread], n * sizeof(float));
-        if (p == NULL) {
-            return NULL;
-        }
-        c->scratch[thread] = p;
-        c->scratch_cap[thread] = n;
-    }
-    return c->scratch[thread];
 }
 
 /* ---- CPU features ------------------------------------------------------ */
@@ -220,7 +260,7 @@ static void
 dsv4_mm_blas_task(dsv4_cpu *c, const dsv4_matmul_job *j, int r0, int r1, int thread)
 {
     const dsv4_mat *w = j->w;
-    float          *buf = dsv4_cpu_scratch(c, thread, (size_t) (r1 - r0) * w->cols);
+    float          *buf = dsv4_cpu_tls_floats((size_t) (r1 - r0) * w->cols);
     float          *y = j->y + (r0 - j->row_begin);
 
     if (buf == NULL) {
@@ -381,16 +421,41 @@ typedef struct {
     int                  nheads, dim, nkeys, per;
     float                scale;
     float               *scores, *out;
+    unsigned char        failed[DSV4_ATTN_MAXTASKS];
 } dsv4_attn_run;
+
+/* Heads [h0, h1) with per-thread scratch for their scores.  Returns -1
+ * (nothing done) when there is no memory for it. */
+static int
+dsv4_attn_heads(dsv4_cpu *c, const dsv4_attn_run *r, int h0, int h1)
+{
+    float *sc = dsv4_cpu_tls_floats((size_t) (h1 - h0) * r->nkeys);
+
+    if (sc == NULL) {
+        return -1;
+    }
+    c->k->attention(r->q, h0, h1, r->dim, r->keyp, r->nkeys, r->scale, r->sink, sc, r->out);
+    return 0;
+}
+
+/* The caller's way out of no memory: one head at a time in its [nkeys]
+ * scores buffer (same results: heads are independent). */
+static void
+dsv4_attn_heads_small(dsv4_cpu *c, const dsv4_attn_run *r, int h0, int h1)
+{
+    for (int h = h0; h < h1; h++) {
+        c->k->attention(r->q, h, h + 1, r->dim, r->keyp, r->nkeys, r->scale, r->sink,
+                        r->scores, r->out);
+    }
+}
 
 static void
 dsv4_attn_task(void *arg, int task, int thread)
 {
     dsv4_attn_run *r = arg;
     int            h0 = task * r->per, h1 = h0 + r->per < r->nheads ? h0 + r->per : r->nheads;
-    float         *sc = thread == 0 ? r->scores : r->c->scratch[thread];
 
-    r->c->k->attention(r->q, h0, h1, r->dim, r->keyp, r->nkeys, r->scale, r->sink, sc, r->out);
+    r->failed[task] = dsv4_attn_heads(r->c, r, h0, h1) != 0;
 }
 
 static void
@@ -398,26 +463,29 @@ dsv4_cpu_attention(const dsv4_backend *be, const float *q, int nheads, int dim,
                    const float *const *keys, int nkeys, float scale, const float *sink,
                    float *scores, float *out)
 {
-    dsv4_cpu *c = dsv4_cpu_of(be);
-    int       ntasks = 1;
-
-    if (c->nthreads > 1 && nheads > 1 && (double) nheads * nkeys * dim >= 4 * DSV4_TASK_MIN_MACS) {
-        ntasks = nheads < 2 * c->nthreads ? nheads : 2 * c->nthreads;
-        for (int t = 1; t < c->nthreads; t++) {
-            if (dsv4_cpu_scratch(c, t, (size_t) nkeys) == NULL) {
-                ntasks = 1;
-            }
-        }
-    }
-    if (ntasks == 1) {
-        c->k->attention(q, 0, nheads, dim, keys, nkeys, scale, sink, scores, out);
-        return;
-    }
+    dsv4_cpu     *c = dsv4_cpu_of(be);
     dsv4_attn_run r = { .c = c, .q = q, .sink = sink, .keyp = keys, .nheads = nheads,
                         .dim = dim, .nkeys = nkeys, .scale = scale, .scores = scores,
                         .out = out };
+
+    if (c->nthreads == 1 || nheads < 2
+        || (double) nheads * nkeys * dim < 8 * DSV4_TASK_MIN_MACS) {
+        if (dsv4_attn_heads(c, &r, 0, nheads) != 0) {
+            dsv4_attn_heads_small(c, &r, 0, nheads);
+        }
+        return;
+    }
+    int ntasks = nheads < 2 * c->nthreads ? nheads : 2 * c->nthreads;
+    ntasks = ntasks < DSV4_ATTN_MAXTASKS ? ntasks : DSV4_ATTN_MAXTASKS;
     r.per = (nheads + ntasks - 1) / ntasks;
-    dsv4_pool_run(c->pool, dsv4_attn_task, &r, (nheads + r.per - 1) / r.per);
+    ntasks = (nheads + r.per - 1) / r.per;
+    dsv4_pool_run(c->pool, dsv4_attn_task, &r, ntasks);
+    for (int t = 0; t < ntasks; t++) {
+        if (r.failed[t]) {
+            dsv4_attn_heads_small(c, &r, t * r.per,
+                                  (t + 1) * r.per < nheads ? (t + 1) * r.per : nheads);
+        }
+    }
 }
 
 static void
@@ -463,13 +531,6 @@ dsv4_backend_cpu_free(const dsv4_backend *be)
     }
     dsv4_cpu *c = dsv4_cpu_of(be);
     dsv4_pool_free(c->pool);
-    if (c->scratch != NULL) {
-        for (int t = 0; t < c->nthreads; t++) {
-            free(c->scratch[t]);
-        }
-    }
-    free(c->scratch);
-    free(c->scratch_cap);
     free(c);
 }
 
@@ -508,15 +569,6 @@ dsv4_backend_cpu_new_opts(const dsv4_cpu_opts *o, char *err, size_t errlen)
     pthread_once(&dsv4_cpu_once, dsv4_cpu_tables);
     c->nthreads = nthreads;
     c->blas = o->blas != 0;
-    c->be.impl = c;
-    c->be.matmul = dsv4_cpu_matmul;
-    c->scratch = calloc((size_t) nthreads, sizeof(*c->scratch));
-    c->scratch_cap = calloc((size_t) nthreads, sizeof(*c->scratch_cap));
-    if (c->scratch == NULL || c->scratch_cap == NULL) {
-        dsv4_cpu_error(err, errlen, "out of memory for the CPU backend");
-        dsv4_backend_cpu_free(&c->be);
-        return NULL;
-    }
     c->be.impl = c;
     c->be.matmul = dsv4_cpu_matmul;             /* marks it ours for _free */
     c->pool = dsv4_pool_new(nthreads, err, errlen);

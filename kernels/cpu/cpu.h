@@ -47,7 +47,8 @@ typedef struct {
     /* v[0 .. n2) rotated pairwise by cd = (c0 c0 c1 c1 ...), sd = (-s0 s0 -s1 s1 ...) */
     void  (*rope)(float *v, int n2, const float *cd, const float *sd);
     void  (*hadamard)(float *v, int n);
-    /* Heads [h0, h1) of the attention op (kernels.h); scores: [nkeys] scratch. */
+    /* Heads [h0, h1) of the attention op (kernels.h); scores: [h1-h0, nkeys]
+     * scratch (any split of the heads gives the same results). */
     void  (*attention)(const float *q, int h0, int h1, int dim, const float *const *keys,
                        int nkeys, float scale, const float *sink, float *scores, float *out);
     void  (*compress_pool)(const float *const *kv, const float *const *score, int nslots,
@@ -66,6 +67,11 @@ extern const dsv4_cpu_kernels dsv4_cpu_kernels_generic;
 extern const dsv4_cpu_kernels dsv4_cpu_kernels_avx2;
 extern const dsv4_cpu_kernels dsv4_cpu_kernels_avx512;
 #endif
+
+/* A per-thread scratch buffer of at least n floats, grown (never shrunk) and
+ * freed when the thread exits; NULL when out of memory (callers then take a
+ * path that needs none).  Valid until the same thread's next call. */
+float *dsv4_cpu_tls_floats(size_t n);
 
 /* ---- thread pool (pool.c) ---------------------------------------------- */
 

@@ -18,6 +18,8 @@
 #define GEMM_MR        2
 #define GEMM_NR        2
 #define GEMV_RT(nt)    2
+#define ATT_HB         2
+#define ATT_DB         1
 #define GEMM_PANELS    4
 
 typedef struct {
@@ -109,12 +111,21 @@ deq_fp8(const uint8_t *p, int n, vf out[32 / VL])
     }
 }
 
+/* value * 2^-120, exact (subnormal for the smallest codes) */
 DSV4_GV void
-deq_fp4(const uint8_t *p, vf out[32 / VL])
+deq_fp8x(const uint8_t *p, int n, vf out[32 / VL])
+{
+    for (int k = 0; k < 32; k++) {
+        out[k / VL].l[k % VL] = k < n ? dsv4_e4m3_table[p[k]] * 0x1p-120f : 0.0f;
+    }
+}
+
+DSV4_GV void
+deq_fp4s(const uint8_t *p, float s, vf out[32 / VL])
 {
     for (int k = 0; k < 32; k++) {
         uint8_t b = p[k / 2];
-        out[k / VL].l[k % VL] = dsv4_e2m1_table[k & 1 ? b >> 4 : b & 0xF];
+        out[k / VL].l[k % VL] = dsv4_e2m1_table[k & 1 ? b >> 4 : b & 0xF] * s;
     }
 }
 

@@ -1,17 +1,21 @@
 /*
  * Persistent thread pool for the CPU backend.
  *
- * A decode step issues a few hundred small parallel jobs (one per matmul),
- * each a few microseconds to a millisecond long, so waking threads through
- * the kernel for every job would cost as much as the job.  Workers therefore
- * spin on a job counter for a while after each job (DSV4_POOL_SPIN_NS) and
- * only then sleep on a condition variable; a burst of jobs keeps them hot,
- * an idle engine costs nothing after the spin window.
+ * A decode step issues a few hundred small parallel jobs (one per matmul
+ * batch), each a few microseconds to a millisecond long, so waking threads
+ * through the kernel for every job would cost as much as the job.  Workers
+ * therefore spin on the job word for a while after each job
+ * (DSV4_POOL_SPIN_NS) and only then sleep on a condition variable: a burst
+ * of jobs keeps them hot, an idle engine costs nothing after the window.
  *
- * A job is ntasks independent tasks; the caller and the workers take tasks
- * from one atomic counter, so a thread that is slowed down (another process
- * on the core) simply takes fewer.  Results never depend on which thread ran
- * which task: the kernels write disjoint outputs.
+ * A job is ntasks independent tasks.  Tasks are claimed one at a time by a
+ * compare-and-swap on one 64-bit word (generation | ntasks | next), by the
+ * caller and by whichever workers are running.  The caller waits only for
+ * tasks that a worker has actually claimed: a worker that is descheduled
+ * (more threads than free cores, another process on the core) simply claims
+ * nothing, and the caller does the work itself instead of waiting for it.
+ * Results never depend on which thread ran which task: the kernels write
+ * disjoint outputs.
  *
  * Ownership: the pool owns its threads; dsv4_pool_free() joins them.  Jobs
  * from several caller threads are serialised by run_lock.
@@ -27,8 +31,15 @@
 
 #include "cpu.h"
 
-/* How long an idle worker spins before sleeping. */
-#define DSV4_POOL_SPIN_NS  (200 * 1000)
+/* How long an idle worker spins before sleeping, and how often it yields
+ * the core meanwhile (when more threads than free cores exist, a spinning
+ * worker would otherwise take time from the thread doing the work). */
+#define DSV4_POOL_SPIN_NS   (200 * 1000)
+#define DSV4_POOL_SPIN_YIELD 1024
+/* How long the caller spins on tasks in flight before yielding the core. */
+#define DSV4_POOL_WAIT_SPINS 2000
+/* Tasks per published job (the word's 16-bit fields); more are split. */
+#define DSV4_POOL_MAX_TASKS 0xFFFF
 
 #if defined(__x86_64__) || defined(__i386__)
 #define dsv4_cpu_relax() __builtin_ia32_pause()
@@ -38,26 +49,31 @@
 #define dsv4_cpu_relax() ((void) 0)
 #endif
 
+/* The job word: generation (32 bits) | ntasks (16) | next task (16).  The
+ * generation only grows, so a claim (CAS) can only succeed on the job the
+ * claimer read the arguments of. */
+#define DSV4_JOB_GEN(w)    ((uint32_t) ((w) >> 32))
+#define DSV4_JOB_NTASKS(w) ((int) (((w) >> 16) & 0xFFFF))
+#define DSV4_JOB_NEXT(w)   ((int) ((w) & 0xFFFF))
+
 struct dsv4_pool {
-    int             nthreads;     /* including the caller */
-    pthread_t      *threads;      /* [nthreads - 1] workers */
-    int             started;      /* workers successfully created */
+    int                    nthreads;    /* including the caller */
+    pthread_t             *threads;     /* [nthreads - 1] workers */
+    int                    started;     /* workers successfully created */
 
-    pthread_mutex_t run_lock;     /* one job at a time */
+    pthread_mutex_t        run_lock;    /* one job at a time */
 
-    /* the current job; written by the caller before `gen` is bumped */
-    dsv4_pool_fn    fn;
-    void           *arg;
-    int             ntasks;
-    atomic_int      next;         /* next task to take */
-    atomic_int      pending;      /* workers that have not finished the job */
-    atomic_uint     gen;          /* job generation; workers wait for a change */
-    atomic_int      stop;
+    /* the current job: fn/arg written before the word publishes it */
+    _Atomic(dsv4_pool_fn)  fn;
+    _Atomic(void *)        arg;
+    _Atomic(uint64_t)      word;
+    atomic_int             done;        /* tasks of the current job finished */
+    atomic_int             stop;
 
     /* sleeping workers */
-    pthread_mutex_t sleep_lock;
-    pthread_cond_t  sleep_cond;
-    atomic_int      sleepers;
+    pthread_mutex_t        sleep_lock;
+    pthread_cond_t         sleep_cond;
+    atomic_int             sleepers;
 };
 
 typedef struct {
@@ -75,32 +91,50 @@ dsv4_pool_now_ns(void)
 }
 
 static void
-dsv4_pool_take(dsv4_pool *p, int thread)
+dsv4_pool_yield(void)
+{
+    struct timespec ts = { 0, 0 };
+
+    nanosleep(&ts, NULL);   /* a zero sleep gives the core to a waiting thread */
+}
+
+/* Claims and runs tasks of job generation gen until none is left. */
+static void
+dsv4_pool_take(dsv4_pool *p, uint32_t gen, int thread)
 {
     for (;;) {
-        int t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (t >= p->ntasks) {
+        uint64_t w = atomic_load_explicit(&p->word, memory_order_acquire);
+        if (DSV4_JOB_GEN(w) != gen || DSV4_JOB_NEXT(w) >= DSV4_JOB_NTASKS(w)) {
             return;
         }
-        p->fn(p->arg, t, thread);
+        dsv4_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+        void        *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
+        if (atomic_compare_exchange_weak_explicit(&p->word, &w, w + 1, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+            fn(arg, DSV4_JOB_NEXT(w), thread);
+            atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        }
     }
 }
 
-/* Waits until gen differs from seen (or stop); returns the new gen. */
-static unsigned
-dsv4_pool_wait(dsv4_pool *p, unsigned seen)
+/* Waits until the job generation differs from seen (or stop); returns it. */
+static uint32_t
+dsv4_pool_wait(dsv4_pool *p, uint32_t seen)
 {
     uint64_t t0 = 0;
-    unsigned g;
+    uint32_t g;
 
     for (int spins = 0; ; spins++) {
-        g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        g = DSV4_JOB_GEN(atomic_load_explicit(&p->word, memory_order_acquire));
         if (g != seen || atomic_load_explicit(&p->stop, memory_order_relaxed)) {
             return g;
         }
         dsv4_cpu_relax();
         if ((spins & 255) != 255) {
             continue;
+        }
+        if ((spins & (DSV4_POOL_SPIN_YIELD - 1)) == DSV4_POOL_SPIN_YIELD - 1) {
+            dsv4_pool_yield();
         }
         uint64_t t = dsv4_pool_now_ns();
         if (t0 == 0) {
@@ -111,9 +145,10 @@ dsv4_pool_wait(dsv4_pool *p, unsigned seen)
     }
     pthread_mutex_lock(&p->sleep_lock);
     atomic_fetch_add(&p->sleepers, 1);
-    /* re-check under the lock: the caller bumps gen, then takes this lock
-     * to broadcast, so a bump cannot slip between the check and the wait */
-    while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->stop)) {
+    /* re-check under the lock: the caller publishes the job, then reads
+     * sleepers (both sequentially consistent), then takes this lock to
+     * broadcast, so a job cannot slip between the check and the wait */
+    while ((g = DSV4_JOB_GEN(atomic_load(&p->word))) == seen && !atomic_load(&p->stop)) {
         pthread_cond_wait(&p->sleep_cond, &p->sleep_lock);
     }
     atomic_fetch_sub(&p->sleepers, 1);
@@ -127,7 +162,7 @@ dsv4_pool_main(void *a)
     dsv4_pool_worker *w = a;
     dsv4_pool        *p = w->p;
     int               id = w->id;
-    unsigned          seen = 0;
+    uint32_t          seen = 0;
 
     free(w);
     for (;;) {
@@ -135,8 +170,7 @@ dsv4_pool_main(void *a)
         if (atomic_load(&p->stop)) {
             return NULL;
         }
-        dsv4_pool_take(p, id);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        dsv4_pool_take(p, seen, id);
     }
 }
 
@@ -171,6 +205,7 @@ dsv4_pool_new(int nthreads, char *err, size_t errlen)
     pthread_mutex_init(&p->run_lock, NULL);
     pthread_mutex_init(&p->sleep_lock, NULL);
     pthread_cond_init(&p->sleep_cond, NULL);
+    atomic_init(&p->word, 0);
     if (nthreads == 1) {
         return p;
     }
@@ -228,43 +263,62 @@ dsv4_pool_size(const dsv4_pool *p)
     return p->nthreads;
 }
 
+typedef struct {
+    dsv4_pool_fn fn;
+    void        *arg;
+    int          base;
+} dsv4_pool_slice;
+
+/* A job of more than DSV4_POOL_MAX_TASKS tasks runs as several slices. */
+static void
+dsv4_pool_slice_task(void *a, int task, int thread)
+{
+    dsv4_pool_slice *s = a;
+
+    s->fn(s->arg, s->base + task, thread);
+}
+
 void
 dsv4_pool_run(dsv4_pool *p, dsv4_pool_fn fn, void *arg, int ntasks)
 {
     if (ntasks <= 0) {
         return;
     }
+    pthread_mutex_lock(&p->run_lock);
     if (p->nthreads == 1 || ntasks == 1) {
-        /* not worth waking anyone; thread 0's scratch is the caller's */
-        pthread_mutex_lock(&p->run_lock);
+        /* not worth waking anyone */
         for (int t = 0; t < ntasks; t++) {
             fn(arg, t, 0);
         }
         pthread_mutex_unlock(&p->run_lock);
         return;
     }
-    pthread_mutex_lock(&p->run_lock);
-    p->fn = fn;
-    p->arg = arg;
-    p->ntasks = ntasks;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->nthreads - 1, memory_order_relaxed);
-    atomic_fetch_add(&p->gen, 1);   /* seq_cst: pairs with the sleepers check */
-    if (atomic_load(&p->sleepers) > 0) {
-        pthread_mutex_lock(&p->sleep_lock);
-        pthread_cond_broadcast(&p->sleep_cond);
-        pthread_mutex_unlock(&p->sleep_lock);
-    }
-    dsv4_pool_take(p, 0);
-    /* every worker must leave the job before its arguments go out of scope */
-    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
-        if (spins < 1 << 16) {
-            dsv4_cpu_relax();
-        } else {
-            /* a worker was preempted: give it the core (a zero sleep is a
-             * yield; <sched.h> is shadowed by engine/sched.h) */
-            struct timespec ts = { 0, 0 };
-            nanosleep(&ts, NULL);
+    for (int base = 0; base < ntasks; base += DSV4_POOL_MAX_TASKS) {
+        int             nt = ntasks - base < DSV4_POOL_MAX_TASKS ? ntasks - base
+                                                                 : DSV4_POOL_MAX_TASKS;
+        dsv4_pool_slice slice = { fn, arg, base };
+        uint32_t        gen = DSV4_JOB_GEN(atomic_load(&p->word)) + 1;
+
+        atomic_store_explicit(&p->fn, base == 0 && nt == ntasks ? fn : dsv4_pool_slice_task,
+                              memory_order_relaxed);
+        atomic_store_explicit(&p->arg, base == 0 && nt == ntasks ? arg : (void *) &slice,
+                              memory_order_relaxed);
+        atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+        /* sequentially consistent: pairs with the sleepers check below */
+        atomic_store(&p->word, (uint64_t) gen << 32 | (uint64_t) nt << 16);
+        if (atomic_load(&p->sleepers) > 0) {
+            pthread_mutex_lock(&p->sleep_lock);
+            pthread_cond_broadcast(&p->sleep_cond);
+            pthread_mutex_unlock(&p->sleep_lock);
+        }
+        dsv4_pool_take(p, gen, 0);
+        /* every task is claimed; wait for those still running elsewhere */
+        for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < nt; spins++) {
+            if (spins < DSV4_POOL_WAIT_SPINS) {
+                dsv4_cpu_relax();
+            } else {
+                dsv4_pool_yield();
+            }
         }
     }
     pthread_mutex_unlock(&p->run_lock);

@@ -12,6 +12,7 @@
  *   GEMM_MR, GEMM_NR    matmul register tile: tokens x weight rows
  *   GEMM_PANELS         NR-row panels per packed row block
  *   GEMV_RT(nt)         weight rows per GEMV tile for nt tokens (registers)
+ *   ATT_HB, ATT_DB      attention register tile: heads x dim vectors
  *   vf_zero() vf_set1(f) vf_load(p) vf_loadn(p, n) vf_store(p, v) vf_storen(p, v, n)
  *                       (the n forms touch only lanes < n; loadn zero-fills the rest)
  *   vf_add vf_sub vf_mul vf_div vf_max vf_fma(a, b, c) = a*b + c (one rounding)
@@ -19,7 +20,8 @@
  *   vf_exp(v)           e^v; 0 below -87.3 (and for -inf); within 2 ulp of expf
  *   vf_swap_pairs(v)    lanes (0 1)(2 3)... exchanged
  *   deq_fp8(p, n, out)  32 e4m3 codes -> NV vectors of value * 2^-8 (lanes >= n: 0)
- *   deq_fp4(p, out)     16 bytes of e2m1 pairs -> NV vectors, natural order
+ *   deq_fp8x(p, n, out) the same as value * 2^-120 (float bits, maybe subnormal)
+ *   deq_fp4s(p, s, out) 16 bytes of e2m1 pairs times scale s -> NV vectors
  *   deq_bf16(p, n, out) 32 bfloat16 -> NV vectors (lanes >= n: 0)
  *
  * where NV = 32 / VL: matrices are walked in units of 32 columns, the FP4
@@ -41,6 +43,10 @@
 #define GEMM_KC     512                         /* columns per packed block (x 32) */
 #define GEMM_TB     32                          /* tokens per accumulator block */
 #define DSV4_INLINE static inline __attribute__((always_inline)) DSV4_TARGET
+
+/* FP8 read with deq_fp8x against x pre-multiplied by scale * 2^120: a GEMV
+ * fast path, never a matrix type */
+#define DSV4_FMT_FP8X 16
 
 _Static_assert(GEMM_KC % 128 == 0, "packed blocks hold whole FP8 scale blocks");
 _Static_assert(GEMM_TB % GEMM_MR == 0, "token blocks hold whole register tiles");
@@ -68,6 +74,7 @@ dsv4_row_at(int fmt, const dsv4_mat *w, int r)
     case DSV4_MAT_F32:  row.data += r * K * 4; break;
     case DSV4_MAT_BF16: row.data += r * K * 2; break;
     case DSV4_MAT_FP8:
+    case DSV4_FMT_FP8X:
         row.data += r * K;
         row.scale += (size_t) (r >> 7) * ((K + 127) >> 7);
         break;
@@ -109,16 +116,21 @@ dsv4_unit(int fmt, dsv4_row row, int k, int n, vf out[NV])
         }
         break;
     }
-    case DSV4_MAT_FP4: {
-        vf s = vf_set1(dsv4_e8m0_table[row.scale[k >> 5]]);
-        deq_fp4(row.data + k / 2, out);
-        DSV4_UNROLL
-        for (int v = 0; v < NV; v++) {
-            out[v] = vf_mul(out[v], s);
-        }
+    case DSV4_MAT_FP4:
+        deq_fp4s(row.data + k / 2, dsv4_e8m0_table[row.scale[k >> 5]], out);
+        break;
+    case DSV4_FMT_FP8X:
+        /* value * 2^-120 times x * scale * 2^120: the same exact product */
+        deq_fp8x(row.data + k, n, out);
         break;
     }
-    }
+}
+
+/* Bytes of weight data per 32-column unit. */
+DSV4_INLINE int
+dsv4_unit_bytes(int fmt)
+{
+    return fmt == DSV4_MAT_F32 ? 128 : fmt == DSV4_MAT_BF16 ? 64 : fmt == DSV4_MAT_FP4 ? 16 : 32;
 }
 
 /* GEMV tile: GEMV_RT(nt) rows from r0 (nr valid) against nt <= GEMV_MAXN
@@ -133,10 +145,17 @@ dsv4_gemv_tile(int fmt, int nt, const dsv4_mat *w, int r0, int nr, const float *
     vf        acc[RT][GEMV_MAXN];
     dsv4_row  rows[RT];
     int       K = w->cols, k;
+    /* decode rows are short (a few hundred bytes to a few KB), too short for
+     * the hardware prefetchers to ramp up: each unit also prefetches the
+     * same columns of the next tile's rows (harmless past the matrix end) */
+    size_t    ahead = (size_t) rt * (size_t) K * dsv4_unit_bytes(fmt) / 32;
 
     DSV4_UNROLL
     for (int i = 0; i < rt; i++) {
         rows[i] = dsv4_row_at(fmt, w, r0 + (i < nr ? i : nr - 1));
+        if (fmt == DSV4_MAT_FP4) {
+            __builtin_prefetch(rows[i].scale + (size_t) rt * (K / 32));
+        }
         DSV4_UNROLL
         for (int t = 0; t < nt; t++) {
             acc[i][t] = vf_zero();
@@ -146,6 +165,7 @@ dsv4_gemv_tile(int fmt, int nt, const dsv4_mat *w, int r0, int nr, const float *
         DSV4_UNROLL
         for (int i = 0; i < rt; i++) {
             vf wv[NV];
+            __builtin_prefetch(rows[i].data + ahead + (size_t) k / 32 * dsv4_unit_bytes(fmt));
             dsv4_unit(fmt, rows[i], k, 32, wv);
             DSV4_UNROLL
             for (int v = 0; v < NV; v++) {
@@ -190,10 +210,94 @@ dsv4_gemv_nt(int fmt, int nt, const dsv4_mat *w, int r0, int r1, const float *x,
     }
 }
 
+/*
+ * FP8 GEMV: per 128-row block, x is copied pre-multiplied by each column
+ * block's scale * 2^120 and the weights are read as value * 2^-120 float
+ * bits (deq_fp8x): no multiply per weight vector, and every product is the
+ * same exact w * s * x as on the other path, so results are bit-identical.
+ * The copy is used only where it is exact (scales >= 2^-100, no overflow:
+ * max|x| * s < 2^7); a block where it would not be, or no scratch memory,
+ * takes the other path.
+ */
+DSV4_INLINE void
+dsv4_gemv_fp8(const dsv4_mat *w, int r0, int r1, const float *x, int ldx, int n, float *y,
+              int ldy)
+{
+    int    K = w->cols, nkb = (K + 127) / 128;
+    float *xs = dsv4_cpu_tls_floats((size_t) n * K);
+    float  amax = 0.0f;
+
+    for (int t = 0; xs != NULL && t < n; t++) {
+        const float *xt = x + (size_t) t * ldx;
+        vf           m = vf_zero();
+        int          k = 0;
+        for (; k + VL <= K; k += VL) {
+            vf v = vf_load(xt + k);
+            m = vf_max(m, vf_max(v, vf_sub(vf_zero(), v)));
+        }
+        if (k < K) {
+            vf v = vf_loadn(xt + k, K - k);
+            m = vf_max(m, vf_max(v, vf_sub(vf_zero(), v)));
+        }
+        float lanes[VL];
+        vf_store(lanes, m);
+        for (int l = 0; l < VL; l++) {
+            amax = lanes[l] > amax || lanes[l] != lanes[l] ? lanes[l] : amax;
+        }
+    }
+    for (int rb = r0; rb < r1; ) {
+        int            re = (rb / 128 + 1) * 128 < r1 ? (rb / 128 + 1) * 128 : r1;
+        const uint8_t *srow = w->scale + (size_t) (rb / 128) * nkb;
+        int            ok = xs != NULL;
+
+        for (int kb = 0; ok && kb < nkb; kb++) {
+            float s = dsv4_e8m0_table[srow[kb]];
+            ok = s >= 0x1p-100f && amax * s < 0x1p7f;       /* false for NaN too */
+        }
+        for (int t = 0; ok && t < n; t++) {
+            const float *xt = x + (size_t) t * ldx;
+            float       *st = xs + (size_t) t * K;
+            for (int kb = 0; kb < nkb; kb++) {
+                vf  f = vf_set1(dsv4_e8m0_table[srow[kb]] * 0x1p120f);
+                int k = kb * 128, ke = k + 128 < K ? k + 128 : K;
+                for (; k + VL <= ke; k += VL) {
+                    vf_store(st + k, vf_mul(vf_load(xt + k), f));
+                }
+                if (k < ke) {
+                    vf_storen(st + k, vf_mul(vf_loadn(xt + k, ke - k), f), ke - k);
+                }
+            }
+        }
+        switch (n) {
+        case 1:
+            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 1, w, rb, re, xs, K, y + (rb - r0), ldy);
+            else dsv4_gemv_nt(DSV4_MAT_FP8, 1, w, rb, re, x, ldx, y + (rb - r0), ldy);
+            break;
+        case 2:
+            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 2, w, rb, re, xs, K, y + (rb - r0), ldy);
+            else dsv4_gemv_nt(DSV4_MAT_FP8, 2, w, rb, re, x, ldx, y + (rb - r0), ldy);
+            break;
+        case 3:
+            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 3, w, rb, re, xs, K, y + (rb - r0), ldy);
+            else dsv4_gemv_nt(DSV4_MAT_FP8, 3, w, rb, re, x, ldx, y + (rb - r0), ldy);
+            break;
+        default:
+            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 4, w, rb, re, xs, K, y + (rb - r0), ldy);
+            else dsv4_gemv_nt(DSV4_MAT_FP8, 4, w, rb, re, x, ldx, y + (rb - r0), ldy);
+            break;
+        }
+        rb = re;
+    }
+}
+
 DSV4_INLINE void
 dsv4_gemv_fmt(int fmt, const dsv4_mat *w, int r0, int r1, const float *x, int ldx, int n,
               float *y, int ldy)
 {
+    if (fmt == DSV4_MAT_FP8) {
+        dsv4_gemv_fp8(w, r0, r1, x, ldx, n, y, ldy);
+        return;
+    }
     switch (n) {
     case 1: dsv4_gemv_nt(fmt, 1, w, r0, r1, x, ldx, y, ldy); break;
     case 2: dsv4_gemv_nt(fmt, 2, w, r0, r1, x, ldx, y, ldy); break;
@@ -487,38 +591,147 @@ dsv4_k_hadamard(float *v, int n)
     }
 }
 
+/* Attention of heads [h0, h1) (see kernels.h); sc: [h1-h0, nkeys] scratch.
+ * The K=V vectors are shared by every head, so each key vector load feeds
+ * ATT_HB heads: scores in ATT_HB x 4 (head, key) register tiles, the
+ * weighted sum in ATT_HB x ATT_DB (head, dim vector) tiles.  Every output
+ * is one fixed chain over its head's keys, so any split of the heads gives
+ * the same bits. */
 static DSV4_TARGET void
 dsv4_k_attention(const float *q, int h0, int h1, int dim, const float *const *keys, int nkeys,
-                 float scale, const float *sink, float *scores, float *out)
+                 float scale, const float *sink, float *sc, float *out)
 {
-    for (int h = h0; h < h1; h++) {
-        const float *qh = q + (size_t) h * dim;
-        float       *oh = out + (size_t) h * dim;
-        float        mx = -INFINITY;
-        int          u = 0;
+    enum { HB = ATT_HB, KB = 4 };
+    int nh = h1 - h0, dfull = dim / VL * VL;
 
+    for (int hb = 0; hb < nh; hb += HB) {
+        const float *qh[HB];
+        DSV4_UNROLL
+        for (int i = 0; i < HB; i++) {
+            qh[i] = q + (size_t) (h0 + (hb + i < nh ? hb + i : nh - 1)) * dim;
+        }
+        for (int ub = 0; ub < nkeys; ub += KB) {
+            const float *kp[KB];
+            vf           acc[HB][KB];
+            DSV4_UNROLL
+            for (int j = 0; j < KB; j++) {
+                kp[j] = keys[ub + j < nkeys ? ub + j : nkeys - 1];
+                DSV4_UNROLL
+                for (int i = 0; i < HB; i++) {
+                    acc[i][j] = vf_zero();
+                }
+            }
+            for (int d = 0; d < dfull; d += VL) {
+                vf kv[KB];
+                DSV4_UNROLL
+                for (int j = 0; j < KB; j++) {
+                    kv[j] = vf_load(kp[j] + d);
+                }
+                DSV4_UNROLL
+                for (int i = 0; i < HB; i++) {
+                    vf qv = vf_load(qh[i] + d);
+                    DSV4_UNROLL
+                    for (int j = 0; j < KB; j++) {
+                        acc[i][j] = vf_fma(qv, kv[j], acc[i][j]);
+                    }
+                }
+            }
+            if (dfull < dim) {
+                for (int i = 0; i < HB; i++) {
+                    vf qv = vf_loadn(qh[i] + dfull, dim - dfull);
+                    for (int j = 0; j < KB; j++) {
+                        acc[i][j] = vf_fma(qv, vf_loadn(kp[j] + dfull, dim - dfull), acc[i][j]);
+                    }
+                }
+            }
+            for (int i = 0; i < HB && hb + i < nh; i++) {
+                for (int j = 0; j < KB && ub + j < nkeys; j++) {
+                    sc[(size_t) (hb + i) * nkeys + ub + j] = vf_hsum(acc[i][j]) * scale;
+                }
+            }
+        }
+    }
+    /* softmax with the sink in the denominator; probabilities stay in sc */
+    for (int h = 0; h < nh; h++) {
+        float *s = sc + (size_t) h * nkeys, mx = -INFINITY;
+        int    u;
         for (u = 0; u < nkeys; u++) {
-            scores[u] = dsv4_dot(qh, keys[u], dim) * scale;
-            mx = fmaxf(mx, scores[u]);
+            mx = fmaxf(mx, s[u]);
         }
         vf m = vf_set1(mx), den = vf_zero();
         for (u = 0; u + VL <= nkeys; u += VL) {
-            vf e = vf_exp(vf_sub(vf_load(scores + u), m));
-            vf_store(scores + u, e);
+            vf e = vf_exp(vf_sub(vf_load(s + u), m));
+            vf_store(s + u, e);
             den = vf_add(den, e);
         }
         if (u < nkeys) {
-            vf e = vf_exp(vf_sub(vf_loadn(scores + u, nkeys - u), m));
-            vf_storen(scores + u, e, nkeys - u);
-            /* lanes past nkeys hold e^(0 - mx): keep them out of the sum */
-            den = vf_add(den, vf_loadn(scores + u, nkeys - u));
+            vf e = vf_exp(vf_sub(vf_loadn(s + u, nkeys - u), m));
+            vf_storen(s + u, e, nkeys - u);
+            den = vf_add(den, vf_loadn(s + u, nkeys - u));  /* lanes past nkeys: 0 */
         }
-        float inv = 1.0f / (vf_hsum(den) + expf(sink[h] - mx));
-        for (int i = 0; i < dim; i++) {
-            oh[i] = 0.0f;
+        vf inv = vf_set1(1.0f / (vf_hsum(den) + expf(sink[h0 + h] - mx)));
+        for (u = 0; u + VL <= nkeys; u += VL) {
+            vf_store(s + u, vf_mul(vf_load(s + u), inv));
         }
-        for (u = 0; u < nkeys; u++) {
-            dsv4_axpy(oh, scores[u] * inv, keys[u], dim);
+        if (u < nkeys) {
+            vf_storen(s + u, vf_mul(vf_loadn(s + u, nkeys - u), inv), nkeys - u);
+        }
+    }
+    /* out[h] = sum_u p[h][u] key_u */
+    for (int hb = 0; hb < nh; hb += HB) {
+        const float *ph[HB];
+        DSV4_UNROLL
+        for (int i = 0; i < HB; i++) {
+            ph[i] = sc + (size_t) (hb + i < nh ? hb + i : nh - 1) * nkeys;
+        }
+        for (int d = 0; d < dim; d += ATT_DB * VL) {
+            vf  acc[HB][ATT_DB];
+            int m[ATT_DB];
+            DSV4_UNROLL
+            for (int v = 0; v < ATT_DB; v++) {
+                int left = dim - d - v * VL;
+                m[v] = left >= VL ? VL : left > 0 ? left : 0;
+                DSV4_UNROLL
+                for (int i = 0; i < HB; i++) {
+                    acc[i][v] = vf_zero();
+                }
+            }
+            if (d + ATT_DB * VL <= dim) {
+                for (int u = 0; u < nkeys; u++) {
+                    vf kv[ATT_DB];
+                    DSV4_UNROLL
+                    for (int v = 0; v < ATT_DB; v++) {
+                        kv[v] = vf_load(keys[u] + d + v * VL);
+                    }
+                    DSV4_UNROLL
+                    for (int i = 0; i < HB; i++) {
+                        vf pv = vf_set1(ph[i][u]);
+                        DSV4_UNROLL
+                        for (int v = 0; v < ATT_DB; v++) {
+                            acc[i][v] = vf_fma(pv, kv[v], acc[i][v]);
+                        }
+                    }
+                }
+            } else {
+                for (int u = 0; u < nkeys; u++) {
+                    for (int v = 0; v < ATT_DB; v++) {
+                        vf kv = vf_loadn(keys[u] + d + v * VL, m[v]);
+                        for (int i = 0; i < HB; i++) {
+                            acc[i][v] = vf_fma(vf_set1(ph[i][u]), kv, acc[i][v]);
+                        }
+                    }
+                }
+            }
+            for (int i = 0; i < HB && hb + i < nh; i++) {
+                float *oh = out + (size_t) (h0 + hb + i) * dim + d;
+                for (int v = 0; v < ATT_DB; v++) {
+                    if (m[v] == VL) {
+                        vf_store(oh + v * VL, acc[i][v]);
+                    } else if (m[v] > 0) {
+                        vf_storen(oh + v * VL, acc[i][v], m[v]);
+                    }
+                }
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ package Dsv4Nginx;
 # Environment: DSV4_MODULE (the .so), DSV4_T_DEMO / DSV4_T_TINY (model
 # directories; generated under DSV4_TEST_TMP when unset), DSV4_T_LEAVE=1
 # keeps the temporary directory, DSV4_T_VALGRIND=1 runs nginx under
-# valgrind (single process).
+# valgrind (single process; DSV4_T_VALGRIND_OPTS replaces --leak-check=no).
 
 use strict;
 use warnings;
@@ -181,7 +181,8 @@ sub run {
                '-e', "$self->{dir}/error.log");
     if ($ENV{DSV4_T_VALGRIND}) {
         unshift @cmd, 'valgrind', '-q', '--error-exitcode=99',
-            '--leak-check=no', "--log-file=$self->{dir}/valgrind.log";
+            split(' ', $ENV{DSV4_T_VALGRIND_OPTS} || '--leak-check=no'),
+            "--log-file=$self->{dir}/valgrind.log";
     }
     my $pid = fork();
     die "fork: $!" unless defined $pid;

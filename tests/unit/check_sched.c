@@ -210,14 +210,27 @@ main(int argc, char **argv)
 
     /* backpressure: max_queue 8 waiting (4 run); the 13th submit is refused */
     dsv4_request *many[13];
-    int           refused = 0;
+    int           refused = 0, full = 0, last = 0;
     for (int i = 0; i < 13; i++) {
         many[i] = make_req(prompts[2], plen[2], 60, NULL, 0, 0);
-        if (dsv4_sched_submit(s, many[i], err, sizeof(err)) != 0) {
-            refused++;
-        }
+        int rc = dsv4_sched_submit(s, many[i], err, sizeof(err));
+        refused += rc != 0;
+        full += rc == DSV4_SCHED_EFULL;
+        last = rc == 0 ? i : last;
     }
-    TEST_CHECK(refused >= 1 && strstr(err, "queue full") != NULL, "refused %d (%s)", refused, err);
+    TEST_CHECK(refused >= 1 && full == refused && strstr(err, "queue full") != NULL,
+               "refused %d, %d as EFULL (%s)", refused, full, err);
+    /* a queued request cancelled leaves the queue at once, before any slot frees */
+    dsv4_sched_load(s, &waiting, &running);
+    int waiting_before = waiting;
+    dsv4_request_cancel(many[last]);   /* FIFO: the last accepted still waits */
+    dsv4_sched_load(s, &waiting, &running);
+    TEST_CHECK(waiting_before >= 1 && waiting == waiting_before - 1,
+               "cancelled queued request still waiting (%d -> %d)", waiting_before, waiting);
+    dsv4_finish qf;
+    dsv4_token  qt[1];
+    TEST_CHECK(dsv4_request_take(many[last], qt, 1, &qf) == 0
+               && qf == DSV4_FINISH_CANCELLED, "queued cancel: finish %d", qf);
     for (int i = 0; i < 13; i++) {
         dsv4_request_cancel(many[i]);
     }
@@ -236,10 +249,16 @@ main(int argc, char **argv)
     for (int i = 0; i < 13; i++) {
         dsv4_request_release(many[i]);
     }
+    dsv4_sched_stats st;
+    dsv4_sched_get_stats(s, &st);
+    TEST_CHECK(st.steps > 0 && st.rows >= st.seqs && st.seqs >= st.steps && st.prefill_rows > 0,
+               "stats: steps %llu rows %llu seqs %llu", (unsigned long long) st.steps,
+               (unsigned long long) st.rows, (unsigned long long) st.seqs);
     /* a prompt longer than the context is refused with a reason */
     int32_t long_prompt[200] = { 0 };
     r = make_req(long_prompt, 200, 4, NULL, 0, 0);
-    TEST_CHECK(dsv4_sched_submit(s, r, err, sizeof(err)) != 0 && strstr(err, "context") != NULL,
+    TEST_CHECK(dsv4_sched_submit(s, r, err, sizeof(err)) == DSV4_SCHED_EINVAL
+               && strstr(err, "context") != NULL,
                "long prompt accepted (%s)", err);
     dsv4_request_release(r);
     dsv4_sched_free(s);

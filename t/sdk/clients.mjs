@@ -1,0 +1,144 @@
+// Official client libraries against the module, unmodified: the `openai`
+// and `@anthropic-ai/sdk` npm packages.  Prints one "ok - ..." or
+// "not ok - ..." line per check (t/12-sdk.t turns them into TAP).
+//
+//   node t/sdk/clients.mjs PORT NODE_MODULES_DIR
+import { createRequire } from 'node:module';
+
+const [port, modules] = process.argv.slice(2);
+const require = createRequire(modules + '/');
+const OpenAI = require('openai').default ?? require('openai');
+const AnthropicMod = require('@anthropic-ai/sdk');
+const Anthropic = AnthropicMod.default ?? AnthropicMod;
+
+const base = `http://127.0.0.1:${port}`;
+let failed = 0;
+function check(cond, name, detail) {
+  if (cond) console.log(`ok - ${name}`);
+  else { failed++; console.log(`not ok - ${name}${detail !== undefined ? ': ' + JSON.stringify(detail).slice(0, 300) : ''}`); }
+}
+async function attempt(name, fn) {
+  try { await fn(); } catch (e) { check(false, name, String(e && e.stack || e)); }
+}
+
+const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'sk-test', maxRetries: 0 });
+const messages = [{ role: 'user', content: 'Hello' }];
+
+await attempt('openai models.list', async () => {
+  const ids = [];
+  for await (const m of openai.models.list()) ids.push(m.id);
+  check(ids.includes('demo') && ids.includes('deepseek-chat'), 'openai models.list lists the models', ids);
+});
+
+let greedy;
+await attempt('openai chat', async () => {
+  const r = await openai.chat.completions.create({ model: 'demo', messages, max_tokens: 6, temperature: 0 });
+  greedy = r.choices[0].message.content;
+  check(typeof greedy === 'string' && greedy.length > 0, 'openai chat.completions.create', r);
+  check(r.usage.completion_tokens === 6 && r.choices[0].finish_reason === 'length', 'openai chat usage and finish_reason', r.usage);
+});
+
+await attempt('openai chat stream', async () => {
+  const stream = await openai.chat.completions.create({ model: 'demo', messages, max_tokens: 6, temperature: 0,
+                                                        stream: true, stream_options: { include_usage: true } });
+  let text = '', usage = null, finish = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      text += c.delta?.content ?? '';
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  check(text === greedy, 'openai streamed chat equals the non-streamed text', [text, greedy]);
+  check(usage && usage.completion_tokens === 6 && finish === 'length', 'openai stream usage and finish_reason', usage);
+});
+
+await attempt('openai stream helper', async () => {
+  const runner = openai.beta.chat.completions.stream({ model: 'demo', messages, max_tokens: 6, temperature: 0 });
+  const final = await runner.finalChatCompletion();
+  check(final.choices[0].message.content === greedy, 'openai beta stream helper assembles the message', final.choices[0]);
+});
+
+await attempt('openai completions', async () => {
+  const r = await openai.completions.create({ model: 'demo', prompt: 'Once upon a time', max_tokens: 5, temperature: 0 });
+  check(typeof r.choices[0].text === 'string' && r.usage.completion_tokens === 5, 'openai completions.create', r);
+});
+
+await attempt('openai tool round trip', async () => {
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather for a city',
+                   parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const r = await openai.chat.completions.create({ model: 'demo', max_tokens: 4, temperature: 0, tools, messages: [
+    { role: 'user', content: 'Weather in Paris?' },
+    { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function',
+      function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
+    { role: 'tool', tool_call_id: 'call_1', content: '{"temp_c":21}' }] });
+  check(r.choices.length === 1 && r.usage.prompt_tokens > 20, 'openai tool call round trip in the history', r.usage);
+});
+
+await attempt('openai reasoning', async () => {
+  const r = await openai.chat.completions.create({ model: 'deepseek-reasoner', messages, max_tokens: 4, temperature: 0 });
+  check(typeof r.choices[0].message.reasoning_content === 'string', 'openai deepseek-reasoner returns reasoning_content', r.choices[0]);
+});
+
+await attempt('openai errors', async () => {
+  try {
+    await openai.chat.completions.create({ model: 'no-such-model', messages, max_tokens: 2 });
+    check(false, 'openai unknown model throws');
+  } catch (e) {
+    check(e instanceof OpenAI.NotFoundError && e.status === 404 && /no-such-model/.test(e.message),
+          'openai unknown model is a NotFoundError', String(e));
+  }
+  try {
+    await openai.chat.completions.create({ model: 'demo', messages, max_tokens: 2, temperature: 'hot' });
+    check(false, 'openai bad parameter throws');
+  } catch (e) {
+    check(e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === 'temperature',
+          'openai bad parameter is a BadRequestError naming the param', [String(e), e.param]);
+  }
+});
+
+const anthropic = new Anthropic({ baseURL: base, apiKey: 'sk-ant-test', maxRetries: 0 });
+
+let agreedy;
+await attempt('anthropic messages', async () => {
+  const r = await anthropic.messages.create({ model: 'demo', max_tokens: 6, temperature: 0, messages });
+  agreedy = r.content.filter(b => b.type === 'text').map(b => b.text).join('');
+  check(r.type === 'message' && r.stop_reason === 'max_tokens' && r.usage.output_tokens === 6,
+        'anthropic messages.create', r);
+  check(agreedy === greedy, 'anthropic text equals the OpenAI text for the same conversation', [agreedy, greedy]);
+});
+
+await attempt('anthropic stream', async () => {
+  const stream = anthropic.messages.stream({ model: 'demo', max_tokens: 6, temperature: 0, messages });
+  let text = '';
+  stream.on('text', t => { text += t; });
+  const final = await stream.finalMessage();
+  check(text === agreedy && final.stop_reason === 'max_tokens' && final.usage.output_tokens === 6,
+        'anthropic messages.stream', [text, final]);
+});
+
+await attempt('anthropic thinking', async () => {
+  const r = await anthropic.messages.create({ model: 'demo', max_tokens: 4, temperature: 0, messages,
+                                              thinking: { type: 'enabled', budget_tokens: 1024 } });
+  check(r.content[0].type === 'thinking', 'anthropic thinking block', r.content);
+});
+
+await attempt('anthropic tools', async () => {
+  const r = await anthropic.messages.create({ model: 'demo', max_tokens: 3, temperature: 0,
+    tools: [{ name: 'get_weather', description: 'Weather', input_schema: { type: 'object', properties: { city: { type: 'string' } } } }],
+    messages: [{ role: 'user', content: 'Weather in Paris?' },
+               { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: { city: 'Paris' } }] },
+               { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: '21C' }] }] });
+  check(r.type === 'message', 'anthropic tool_use / tool_result round trip', r);
+});
+
+await attempt('anthropic errors', async () => {
+  try {
+    await anthropic.messages.create({ model: 'no-such-model', max_tokens: 2, messages });
+    check(false, 'anthropic unknown model throws');
+  } catch (e) {
+    check(e instanceof Anthropic.NotFoundError && e.status === 404, 'anthropic unknown model is a NotFoundError', String(e));
+  }
+});
+
+process.exit(failed ? 1 : 0);
