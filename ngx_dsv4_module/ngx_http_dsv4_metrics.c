@@ -45,6 +45,7 @@ typedef struct {
     ngx_atomic_t                requests;
     ngx_atomic_t                prompt_tokens;
     ngx_atomic_t                generation_tokens;
+    ngx_atomic_t                handler_ns;   /* time in the engine-news handler */
     ngx_atomic_t                finished[NGX_HTTP_DSV4_FINISH_N];
     ngx_atomic_t                rejected;
     ngx_http_dsv4_hist_t        hist[NGX_HTTP_DSV4_H_N];
@@ -256,6 +257,19 @@ ngx_http_dsv4_metrics_refresh(ngx_http_dsv4_model_t *m)
 
 
 void
+ngx_http_dsv4_metrics_handler_time(ngx_http_dsv4_model_t *m, long long ns)
+{
+    ngx_http_dsv4_stats_t  *st;
+
+    st = ngx_http_dsv4_stats(m);
+
+    if (st != NULL && ns > 0) {
+        (void) ngx_atomic_fetch_add(&st->handler_ns, (ngx_atomic_int_t) ns);
+    }
+}
+
+
+void
 ngx_http_dsv4_metrics_load(ngx_http_dsv4_model_t *m, ngx_uint_t loaded)
 {
     ngx_uint_t              w;
@@ -455,6 +469,20 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
             "dsv4:num_requests_running{model_name=\"%.*s\"} %lu\n",
             (int) m[i].name.len, m[i].name.data,
             st ? (unsigned long) ngx_http_dsv4_sum(st->running) : 0UL);
+    }
+
+    ngx_http_dsv4_emit(&b,
+        "# HELP dsv4:module_handler_seconds_total Time the workers spent "
+        "delivering engine output (parsing, SSE framing, output filters), "
+        "model compute excluded.\n"
+        "# TYPE dsv4:module_handler_seconds_total counter\n");
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        st = ngx_http_dsv4_stats(&m[i]);
+        ngx_http_dsv4_emit(&b,
+            "dsv4:module_handler_seconds_total{model_name=\"%.*s\"} %.6f\n",
+            (int) m[i].name.len, m[i].name.data,
+            st ? (double) st->handler_ns / 1e9 : 0.0);
     }
 
     ngx_http_dsv4_emit(&b,

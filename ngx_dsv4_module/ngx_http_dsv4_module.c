@@ -953,5 +953,14 @@ ngx_http_dsv4_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_dsv4_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_dsv4_main_conf_t  *dmcf;
+
     ngx_http_dsv4_engine_exit(cycle);
+
+    dmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_dsv4_module);
+
+    if (dmcf != NULL) {
+        free(dmcf->models_body.data);      /* jansson's malloc */
+        ngx_str_null(&dmcf->models_body);
+    }
 }

@@ -136,6 +136,8 @@ typedef struct {
     ngx_uint_t                  pending;        /* models still loading */
     ngx_atomic_t                loader_done;
     void                       *loader;         /* pthread_t * */
+    ngx_str_t                   models_body;    /* GET /v1/models, heap, per worker */
+    time_t                      models_time;    /* the second it was rendered for */
 } ngx_http_dsv4_main_conf_t;
 
 
@@ -351,6 +353,7 @@ void ngx_http_dsv4_metrics_token(ngx_http_dsv4_model_t *m, double itl,
 void ngx_http_dsv4_metrics_finish(ngx_http_dsv4_model_t *m,
     ngx_uint_t finish, double e2e, double queued, double ttft);
 void ngx_http_dsv4_metrics_rejected(ngx_http_dsv4_model_t *m);
+void ngx_http_dsv4_metrics_handler_time(ngx_http_dsv4_model_t *m, long long ns);
 void ngx_http_dsv4_metrics_load(ngx_http_dsv4_model_t *m, ngx_uint_t loaded);
 void ngx_http_dsv4_metrics_refresh(ngx_http_dsv4_model_t *m);
 void ngx_http_dsv4_metrics_refresh_all(ngx_http_dsv4_main_conf_t *dmcf);

@@ -38,12 +38,19 @@ ngx_http_dsv4_model_entry(ngx_str_t *id, ngx_http_dsv4_model_t *m,
 }
 
 
-/* Every declared model and alias (aliases name their model as "root"). */
+static ngx_str_t  ngx_http_dsv4_json_ct = ngx_string("application/json");
+
+
+/* Every declared model and alias (aliases name their model as "root").  The
+ * list only changes with the configuration, and "created" with the clock,
+ * so the body is rendered once per second and copied from there. */
 
 ngx_int_t
 ngx_http_dsv4_models_handler(ngx_http_request_t *r)
 {
-    json_t                     *data, *e;
+    u_char                     *p;
+    size_t                      len;
+    json_t                     *data, *e, *body;
     ngx_uint_t                  i, j;
     ngx_http_dsv4_alias_t      *alias;
     ngx_http_dsv4_model_t      *m;
@@ -51,35 +58,63 @@ ngx_http_dsv4_models_handler(ngx_http_request_t *r)
 
     dmcf = ngx_http_get_module_main_conf(r, ngx_http_dsv4_module);
 
-    data = json_array();
-    if (data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    if (dmcf->models_body.data == NULL || dmcf->models_time != ngx_time()) {
 
-    m = dmcf->models.elts;
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-
-        e = ngx_http_dsv4_model_entry(&m[i].name, &m[i], ngx_time());
-        if (e == NULL || json_array_append_new(data, e) != 0) {
-            json_decref(data);
+        data = json_array();
+        if (data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        alias = m[i].aliases.elts;
+        m = dmcf->models.elts;
 
-        for (j = 0; j < m[i].aliases.nelts; j++) {
-            e = ngx_http_dsv4_model_entry(&alias[j].name, &m[i], ngx_time());
+        for (i = 0; i < dmcf->models.nelts; i++) {
+
+            e = ngx_http_dsv4_model_entry(&m[i].name, &m[i], ngx_time());
             if (e == NULL || json_array_append_new(data, e) != 0) {
                 json_decref(data);
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
+
+            alias = m[i].aliases.elts;
+
+            for (j = 0; j < m[i].aliases.nelts; j++) {
+                e = ngx_http_dsv4_model_entry(&alias[j].name, &m[i],
+                                              ngx_time());
+                if (e == NULL || json_array_append_new(data, e) != 0) {
+                    json_decref(data);
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                }
+            }
         }
+
+        body = json_pack("{s:s,s:o}", "object", "list", "data", data);
+        p = body ? (u_char *) json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        free(dmcf->models_body.data);
+        dmcf->models_body.data = p;
+        dmcf->models_body.len = ngx_strlen(p);
+        dmcf->models_time = ngx_time();
     }
 
-    return ngx_http_dsv4_send_json(r, NGX_HTTP_OK,
-                                   json_pack("{s:s,s:o}", "object", "list",
-                                             "data", data));
+    /* the response gets its own copy: the cache may be re-rendered while a
+     * slow client is still being sent this one */
+    len = dmcf->models_body.len;
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(p, dmcf->models_body.data, len);
+    p[len++] = '\n';
+
+    return ngx_http_dsv4_send_text(r, NGX_HTTP_OK, &ngx_http_dsv4_json_ct, p,
+                                   len);
 }
 
 
