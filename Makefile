@@ -12,9 +12,9 @@ OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=gnu11 -fPIC -pthread -W -Wall -Wextra -Wpointer-arith \
            -Wno-unused-parameter -Werror -I. -iquote engine -iquote kernels
-LDLIBS  += -ljansson -lpcre2-8 -lm -lpthread
+LDLIBS  += -ljansson -lpcre2-8 -lhiredis -lmsgpackc -lm -lpthread
 
-LIB_SRCS   := $(sort $(wildcard engine/*.c kernels/cpu/*.c))
+LIB_SRCS   := $(sort $(wildcard engine/*.c kernels/cpu/*.c cache/*.c))
 LIB_OBJS   := $(LIB_SRCS:%.c=build/obj/%.o)
 TOOLS      := $(patsubst engine/cli/%.c,build/%,$(wildcard engine/cli/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/*.c))

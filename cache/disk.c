@@ -105,15 +105,31 @@ dsv4_cache_disk_free(dsv4_cache_disk *d)
     }
 }
 
+/* a + "/" + b into out[PATH_MAX]; the directory name was checked to leave
+ * room for every name joined here, so this never truncates in practice. */
+static char *
+dsv4_disk_join(char *out, const char *a, const char *b)
+{
+    if (snprintf(out, PATH_MAX, "%s/%s", a, b) >= PATH_MAX) {
+        out[0] = '\0';
+    }
+    return out;
+}
+
 /* DIR/hh and DIR/hh/<hex>.<kind> into sub[PATH_MAX] / file[PATH_MAX]. */
 static void
 dsv4_disk_paths(const dsv4_cache_disk *d, const dsv4_cache_id *id, char *sub, char *file)
 {
-    char hex[65];
+    char hex[64 + 3], two[3];
 
     dsv4_cache_hex(id->key, 32, hex);
-    snprintf(sub, PATH_MAX, "%s/%.2s", d->dir, hex);
-    snprintf(file, PATH_MAX, "%s/%s.%c", sub, hex, id->kind);
+    memcpy(two, hex, 2);
+    two[2] = '\0';
+    hex[64] = '.';
+    hex[65] = (char) id->kind;
+    hex[66] = '\0';
+    dsv4_disk_join(sub, d->dir, two);
+    dsv4_disk_join(file, sub, hex);
 }
 
 int
@@ -189,8 +205,9 @@ dsv4_cache_disk_put(dsv4_cache_disk *d, const dsv4_cache_id *id, const dsv4_cach
     int    fd;
 
     dsv4_disk_paths(d, id, sub, file);
-    snprintf(tmp, sizeof(tmp), "%s/.tmp.%ld.%u", sub, (long) getpid(),
-             atomic_fetch_add(&d->tmp_seq, 1));
+    char name[64];
+    snprintf(name, sizeof(name), ".tmp.%ld.%u", (long) getpid(), atomic_fetch_add(&d->tmp_seq, 1));
+    dsv4_disk_join(tmp, sub, name);
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0 && errno == ENOENT) {
         if (mkdir(sub, 0700) != 0 && errno != EEXIST) {
@@ -287,7 +304,7 @@ dsv4_cache_disk_maintain(dsv4_cache_disk *d, int force)
         if (!dsv4_is_hex2(e->d_name)) {
             continue;
         }
-        snprintf(sub, sizeof(sub), "%s/%s", d->dir, e->d_name);
+        dsv4_disk_join(sub, d->dir, e->d_name);
         if ((dd = opendir(sub)) == NULL) {
             continue;
         }
@@ -298,7 +315,7 @@ dsv4_cache_disk_maintain(dsv4_cache_disk *d, int force)
             if (f->d_name[0] == '.' && strncmp(f->d_name, ".tmp.", 5) != 0) {
                 continue;
             }
-            snprintf(path, sizeof(path), "%s/%s", sub, f->d_name);
+            dsv4_disk_join(path, sub, f->d_name);
             if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
                 continue;
             }
@@ -334,7 +351,7 @@ dsv4_cache_disk_maintain(dsv4_cache_disk *d, int force)
         qsort(files, n, sizeof(*files), dsv4_disk_older);
         for (size_t i = 0; i < n && total > target; i++) {
             char path[PATH_MAX];
-            snprintf(path, sizeof(path), "%s/%s", d->dir, files[i].name);
+            dsv4_disk_join(path, d->dir, files[i].name);
             if (unlink(path) == 0 || errno == ENOENT) {
                 total -= files[i].size;
             }

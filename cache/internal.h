@@ -28,7 +28,7 @@ typedef struct {
 void dsv4_sha256_init(dsv4_sha256 *s);
 void dsv4_sha256_update(dsv4_sha256 *s, const void *data, size_t n);
 void dsv4_sha256_final(dsv4_sha256 *s, uint8_t out[32]);
-void dsv4_sha256(const void *data, size_t n, uint8_t out[32]);
+void dsv4_sha256_once(const void *data, size_t n, uint8_t out[32]);
 
 /* Fingerprint of model m: config, tensor inventory (names, dtypes, shapes,
  * sizes, sampled bytes of the non-expert tensors), the KV layout and value

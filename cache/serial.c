@@ -82,6 +82,62 @@ dsv4_cache_value_encode(const dsv4_cache_value *v)
     return o.b;
 }
 
+/*
+ * The shape guard, run before msgpack-c sees untrusted bytes: msgpack-c
+ * allocates a container's objects as soon as it reads its header, so one
+ * flipped byte claiming an array of 2^32 elements would ask for ~100 GB.
+ * A value is one fixarray of 11 scalars (strings, unsigned integers, bins);
+ * this walks exactly that, bounds-checked, and refuses anything else.
+ */
+static int
+dsv4_value_shape_ok(const uint8_t *p, size_t len)
+{
+    size_t off = 1;
+
+    if (len < 1 || p[0] != 0x9b) {
+        return 0;
+    }
+    for (int i = 0; i < 11; i++) {
+        size_t   hdr, body = 0;
+        uint8_t  t;
+
+        if (off >= len) {
+            return 0;
+        }
+        t = p[off];
+        if (t <= 0x7f) {                                /* positive fixint */
+            hdr = 1;
+        } else if (t >= 0xa0 && t <= 0xbf) {            /* fixstr */
+            hdr = 1;
+            body = t & 0x1f;
+        } else if (t == 0xcc || t == 0xcd || t == 0xce || t == 0xcf) {   /* uint 8..64 */
+            hdr = 1 + ((size_t) 1 << (t - 0xcc));
+        } else if (t == 0xc4 || t == 0xd9) {            /* bin8, str8 */
+            hdr = 2;
+        } else if (t == 0xc5 || t == 0xda) {            /* bin16, str16 */
+            hdr = 3;
+        } else if (t == 0xc6 || t == 0xdb) {            /* bin32, str32 */
+            hdr = 5;
+        } else {
+            return 0;
+        }
+        if (len - off < hdr) {
+            return 0;
+        }
+        if (hdr > 1 && t != 0xcc && t != 0xcd && t != 0xce && t != 0xcf) {
+            for (size_t k = 1; k < hdr; k++) {
+                body = body << 8 | p[off + k];
+            }
+        }
+        off += hdr;
+        if (len - off < body) {
+            return 0;
+        }
+        off += body;
+    }
+    return off == len;
+}
+
 static int
 dsv4_obj_u32(const msgpack_object *o, uint32_t *out)
 {
@@ -105,7 +161,8 @@ dsv4_cache_value_decode(const uint8_t *blob, size_t len, const uint8_t fp[32],
 
     memset(v, 0, sizeof(*v));
     msgpack_unpacked_init(&und);
-    if (msgpack_unpack_next(&und, (const char *) blob, len, &off) != MSGPACK_UNPACK_SUCCESS
+    if (!dsv4_value_shape_ok(blob, len)
+        || msgpack_unpack_next(&und, (const char *) blob, len, &off) != MSGPACK_UNPACK_SUCCESS
         || off != len || und.data.type != MSGPACK_OBJECT_ARRAY
         || und.data.via.array.size != 11) {
         goto done;

@@ -102,7 +102,7 @@ dsv4_sha256_final(dsv4_sha256 *s, uint8_t out[32])
 }
 
 void
-dsv4_sha256(const void *data, size_t n, uint8_t out[32])
+dsv4_sha256_once(const void *data, size_t n, uint8_t out[32])
 {
     dsv4_sha256 s;
 

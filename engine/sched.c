@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
 #include "sched.h"
 #include "util.h"
 
@@ -57,6 +58,11 @@ struct dsv4_request {
     dsv4_sampler       *sampler;
     int                 fed;           /* prompt tokens fed */
     int32_t             last;          /* last sampled token, fed next step */
+    /* prefix cache (end of file) */
+    dsv4_cache_req     *cache_req;     /* engine thread; NULL without a cache */
+    uint8_t            *cache_salt;    /* [cache_salt_len], set before submit */
+    size_t              cache_salt_len;
+    int                 cached;        /* prompt tokens restored (mu) */
 };
 
 typedef struct {
@@ -164,6 +170,8 @@ dsv4_request_release(dsv4_request *r)
     free(r->toks);
     free(r->top_ids);
     free(r->top_lps);
+    dsv4_cache_req_free(r->cache_req);
+    free(r->cache_salt);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -350,6 +358,11 @@ done:
 
 /* ---- engine thread ----------------------------------------------------- */
 
+/* prefix cache hooks (defined at the end of the file) */
+static void dsv4_engine_cache_restore(dsv4_sched *s, dsv4_request *r);
+static int  dsv4_engine_cache_clip(dsv4_request *r, int n);
+static void dsv4_engine_cache_capture(dsv4_request *r);
+
 static void
 dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
 {
@@ -413,6 +426,7 @@ dsv4_engine_admit(dsv4_engine *e)
                                r->seq == NULL ? err : "out of memory for the sampler");
         } else {
             dsv4_sampler_accept_prompt(r->sampler, r->prompt, r->p.n_prompt);
+            dsv4_engine_cache_restore(s, r);
         }
         pthread_mutex_lock(&s->mu);
     }
@@ -483,6 +497,7 @@ dsv4_engine_step(dsv4_engine *e)
             int n = r->p.n_prompt - r->fed, room = s->conf.max_batch_tokens - rows;
             n = n < s->conf.prefill_chunk ? n : s->conf.prefill_chunk;
             n = n < room ? n : room;
+            n = dsv4_engine_cache_clip(r, n);
             e->item_req[ni] = r;
             e->items[ni] = (dsv4_batch_item) {
                 r->seq, r->prompt + r->fed, n,
@@ -520,6 +535,7 @@ dsv4_engine_step(dsv4_engine *e)
         dsv4_request *r = e->item_req[k];
         if (r->fed < r->p.n_prompt) {
             r->fed += e->items[k].n;
+            dsv4_engine_cache_capture(r);
         }
         if (e->items[k].logits == NULL) {
             continue;
@@ -735,4 +751,81 @@ dsv4_sched_submit(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen)
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
+}
+
+/* ---- prefix cache --------------------------------------------------------
+ *
+ * With conf.cache set, an admitted request restores the longest cached
+ * prefix of its prompt into its sequence (prefill starts there), its
+ * prefill chunks stop at the cache's capture points, and at each one the
+ * state is handed to the cache's writer thread (a copy; nothing waits on
+ * the tiers).  The restore runs on this engine thread and may wait on Redis
+ * up to the cache's timeout per round trip: the engine's batch pauses that
+ * long, other engines do not.
+ */
+
+int
+dsv4_request_set_cache_salt(dsv4_request *r, const void *salt, size_t len)
+{
+    uint8_t *copy = len > 0 ? malloc(len) : NULL;
+
+    if (len > 0 && copy == NULL) {
+        return -1;
+    }
+    if (len > 0) {
+        memcpy(copy, salt, len);
+    }
+    free(r->cache_salt);
+    r->cache_salt = copy;
+    r->cache_salt_len = len;
+    return 0;
+}
+
+int
+dsv4_request_cached_tokens(dsv4_request *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int n = r->cached;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+static void
+dsv4_engine_cache_restore(dsv4_sched *s, dsv4_request *r)
+{
+    int P;
+
+    if (s->conf.cache == NULL) {
+        return;
+    }
+    r->cache_req = dsv4_cache_req_new(s->conf.cache, r->prompt, r->p.n_prompt, r->cache_salt,
+                                      r->cache_salt_len);
+    if (r->cache_req == NULL) {
+        return;                         /* out of memory: uncached (counted) */
+    }
+    P = dsv4_cache_restore(r->cache_req, r->seq);
+    r->fed = P;
+    pthread_mutex_lock(&r->mu);
+    r->cached = P;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* A prefill chunk of n tokens at r->fed, shortened to end at the next
+ * capture point. */
+static int
+dsv4_engine_cache_clip(dsv4_request *r, int n)
+{
+    int cap = r->cache_req ? dsv4_cache_next_capture(r->cache_req, r->fed) : 0;
+
+    return cap > 0 && r->fed + n > cap ? cap - r->fed : n;
+}
+
+/* After a prefill chunk: snapshot the state when it ended on a capture point. */
+static void
+dsv4_engine_cache_capture(dsv4_request *r)
+{
+    if (r->cache_req != NULL && r->fed > 0
+        && dsv4_cache_next_capture(r->cache_req, r->fed - 1) == r->fed) {
+        dsv4_cache_capture(r->cache_req, r->seq);
+    }
 }

@@ -38,6 +38,7 @@ typedef struct {
     int max_ctx;           /* positions per sequence (prompt + completion) */
     int n_logprobs;        /* top logprobs to keep per token (0..20) */
     const dsv4_backend *backend;   /* borrowed; e.g. dsv4_backend_cpu_scalar() */
+    struct dsv4_cache  *cache;     /* prefix cache (cache/cache.h), borrowed; NULL = none */
 } dsv4_sched_conf;
 
 typedef enum {
@@ -126,5 +127,17 @@ void        dsv4_request_release(dsv4_request *r);
 /* Opaque per-request pointer for the caller (e.g. the nginx request). */
 void  dsv4_request_set_data(dsv4_request *r, void *data);
 void *dsv4_request_data(dsv4_request *r);
+
+/* ---- prefix cache (dsv4_sched_conf.cache; see the end of sched.c) ------- */
+
+/* Salt mixed into r's cache keys: requests with different salts never share
+ * a cached prefix (per-tenant isolation).  Copied; call before submit.
+ * Returns 0, or -1 when out of memory. */
+int dsv4_request_set_cache_salt(dsv4_request *r, const void *salt, size_t len);
+
+/* Prompt tokens restored from the prefix cache instead of computed
+ * (usage.prompt_tokens_details.cached_tokens).  Final once the first token
+ * has been posted; 0 without a cache. */
+int dsv4_request_cached_tokens(dsv4_request *r);
 
 #endif

@@ -174,3 +174,15 @@ dsv4_seq_mtp_pos(const dsv4_seq *s)
 {
     return s->mtp_pos;
 }
+
+const dsv4_model *
+dsv4_seq_model(const dsv4_seq *s)
+{
+    return s->m;
+}
+
+int
+dsv4_seq_capacity(const dsv4_seq *s)
+{
+    return s->max_ctx;
+}

@@ -84,4 +84,8 @@ int  dsv4_seq_restore_end(dsv4_seq *s, int pos, int mtp_pos, char *err, size_t e
 /* Positions processed by the MTP block (see dsv4_mtp_forward). */
 int dsv4_seq_mtp_pos(const dsv4_seq *s);
 
+/* The model s was created for, and the positions it can hold. */
+const dsv4_model *dsv4_seq_model(const dsv4_seq *s);
+int               dsv4_seq_capacity(const dsv4_seq *s);
+
 #endif
