@@ -83,7 +83,7 @@ struct dsv4_ctx {
     float        *xa;         /* [moe_chunk * k, D] gathered expert inputs */
     float        *eh1, *eh3;  /* [moe_chunk * k, I] expert hidden */
     float        *eyb;        /* [moe_chunk * k, D] expert outputs */
-    dsv4_matmul_job *jobs;    /* [max(2E, 8) + 1] */
+    dsv4_matmul_job *jobs;    /* [2E + 8 + G]: experts w1+w3 (+ shared w2), projections, groups */
 };
 
 /* ---- mHC (§4.3) -------------------------------------------------------- */

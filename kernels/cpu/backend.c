@@ -13,14 +13,15 @@
  * impl); dsv4_backend_cpu_free() joins the threads and frees it.  It may be
  * shared by several engine threads: their parallel jobs are serialised.
  */
+#define _GNU_SOURCE             /* sched_getaffinity, CPU_COUNT */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -195,23 +196,17 @@ dsv4_cpu_best_isa(void)
     return dsv4_cpu_has("avx512") ? "avx512" : dsv4_cpu_has("avx2") ? "avx2" : "generic";
 }
 
-/* CPUs this process may run on (taskset, cgroup cpusets).  The raw system
- * call, because <sched.h> is shadowed by engine/sched.h under -Iengine. */
+/* CPUs this process may run on (taskset, cgroup cpusets), not the machine's. */
 static int
 dsv4_cpu_count(void)
 {
-    unsigned long mask[1024 / (8 * sizeof(unsigned long))];
-    long          got = syscall(SYS_sched_getaffinity, 0, sizeof(mask), mask);
-    int           n = 0;
+    cpu_set_t set;
 
-    for (long i = 0; got > 0 && i < got / (long) sizeof(unsigned long); i++) {
-        n += __builtin_popcountl(mask[i]);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
+        return CPU_COUNT(&set);
     }
-    if (n == 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n = c > 0 ? (int) c : 1;
-    }
-    return n;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int) n : 1;
 }
 
 /* ---- matmul ------------------------------------------------------------ */

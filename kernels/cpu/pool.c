@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -93,9 +94,7 @@ dsv4_pool_now_ns(void)
 static void
 dsv4_pool_yield(void)
 {
-    struct timespec ts = { 0, 0 };
-
-    nanosleep(&ts, NULL);   /* a zero sleep gives the core to a waiting thread */
+    sched_yield();          /* gives the core to a thread waiting for it */
 }
 
 /* Claims and runs tasks of job generation gen until none is left. */
