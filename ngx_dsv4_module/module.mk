@@ -25,7 +25,7 @@ NGX_MOD_SO     := build/ngx_dsv4_module.so
 NGX_MOD_SRCS   := $(sort $(wildcard ngx_dsv4_module/*.c))
 NGX_MOD_HDRS   := $(wildcard ngx_dsv4_module/*.h) engine/dsv4.h engine/sched.h \
                   engine/sample.h engine/tokenizer.h engine/chat.h engine/parse.h \
-                  engine/strbuf.h engine/utf8.h
+                  engine/strbuf.h engine/utf8.h cache/cache.h
 NGX_MOD_OBJS   := $(NGX_MOD_SRCS:ngx_dsv4_module/%.c=$(NGX_BUILD)/mod/%.o) \
                   $(NGX_BUILD)/mod/ngx_http_dsv4_modules.o
 # engine/ goes on the quote path only: engine/sched.h would otherwise shadow
@@ -34,7 +34,7 @@ NGX_INCS       := -I$(NGX_SRC)/src/core -I$(NGX_SRC)/src/event \
                   -I$(NGX_SRC)/src/event/modules -I$(NGX_SRC)/src/os/unix \
                   -I$(NGX_BUILD) -I$(NGX_SRC)/src/http \
                   -I$(NGX_SRC)/src/http/modules -I$(NGX_SRC)/src/http/v2 \
-                  -iquote engine -iquote kernels -iquote ngx_dsv4_module
+                  -iquote . -iquote engine -iquote kernels -iquote ngx_dsv4_module
 NGX_CC         ?= cc
 # Debian's cc-opt, then nginx's own warning flags
 NGX_CFLAGS     ?= -g -O2 -fstack-protector-strong -Wformat \
@@ -81,6 +81,10 @@ check-module: $(NGX_MOD_SO)
 	    '  dsv4_model check $(CURDIR)/engine alias=check-chat:chat tokenizer=off;' \
 	    '  dsv4_engine_threads 1; dsv4_max_seqs 4; dsv4_max_batch_tokens 64;' \
 	    '  dsv4_prefill_chunk 32; dsv4_max_queue 8;' \
+	    '  dsv4_cache on; dsv4_cache_redis 127.0.0.1:6379; dsv4_cache_key_prefix dsv4:;' \
+	    '  dsv4_cache_redis_timeout 100ms; dsv4_cache_ttl 1h; dsv4_cache_max_value 32m;' \
+	    '  dsv4_cache_memory 64m; dsv4_cache_disk kv max=1g; dsv4_cache_block 128;' \
+	    '  dsv4_cache_write all; dsv4_cache_scope global;' \
 	    '  server { listen 127.0.0.1:1; location / { dsv4_api chat_completions;' \
 	    '    dsv4_max_body_size 2m; dsv4_max_tokens 100; dsv4_max_n 2;' \
 	    '    dsv4_max_prompt_tokens 1000; dsv4_timeout 10s; dsv4_retry_after 2; } } }' \

@@ -706,9 +706,11 @@ ngx_int_t
 ngx_http_dsv4_anthropic_done(ngx_http_dsv4_ctx_t *ctx)
 {
     json_t                  *content, *body, *seq, *b;
+    ngx_uint_t               cached;
     ngx_http_dsv4_choice_t  *ch;
 
     ch = &ctx->choices[0];
+    cached = ngx_http_dsv4_cached_tokens(ctx);
 
     seq = (ch->stop_index >= 0
            && (ngx_uint_t) ch->stop_index < ctx->prep->nstop)
@@ -723,11 +725,14 @@ ngx_http_dsv4_anthropic_done(ngx_http_dsv4_ctx_t *ctx)
         }
 
         if (ngx_http_dsv4_sse_event(ctx, "message_delta",
-                json_pack("{s:s,s:{s:s,s:o},s:{s:I}}", "type",
+                json_pack("{s:s,s:{s:s,s:o},s:{s:I,s:I,s:I}}", "type",
                           "message_delta", "delta", "stop_reason",
                           ngx_http_dsv4_stop_reason(ch), "stop_sequence",
                           seq, "usage", "output_tokens",
-                          (json_int_t) ctx->completion_tokens))
+                          (json_int_t) ctx->completion_tokens,
+                          "input_tokens",
+                          (json_int_t) (ctx->prompt_tokens - cached),
+                          "cache_read_input_tokens", (json_int_t) cached))
             != 0
             || ngx_http_dsv4_sse_event(ctx, "message_stop",
                    json_pack("{s:s}", "type", "message_stop"))
@@ -771,7 +776,9 @@ ngx_http_dsv4_anthropic_done(ngx_http_dsv4_ctx_t *ctx)
         json_array_extend(content, ch->tool_calls);
     }
 
-    body = json_pack("{s:s%,s:s,s:s,s:s,s:o,s:s,s:o,s:{s:I,s:I,s:i,s:i}}",
+    /* Anthropic's input_tokens excludes the tokens read from the cache */
+
+    body = json_pack("{s:s%,s:s,s:s,s:s,s:o,s:s,s:o,s:{s:I,s:I,s:i,s:I}}",
                      "id", (char *) ctx->id, ctx->id_len,
                      "type", "message", "role", "assistant",
                      "model", ctx->prep->model_name,
@@ -779,10 +786,10 @@ ngx_http_dsv4_anthropic_done(ngx_http_dsv4_ctx_t *ctx)
                      "stop_reason", ngx_http_dsv4_stop_reason(ch),
                      "stop_sequence", seq,
                      "usage", "input_tokens",
-                     (json_int_t) ctx->prompt_tokens,
+                     (json_int_t) (ctx->prompt_tokens - cached),
                      "output_tokens", (json_int_t) ctx->completion_tokens,
                      "cache_creation_input_tokens", 0,
-                     "cache_read_input_tokens", 0);
+                     "cache_read_input_tokens", (json_int_t) cached);
 
     if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -19,6 +19,9 @@
 
 
 static void *ngx_http_dsv4_loader(void *data);
+static int ngx_http_dsv4_cache_create(ngx_http_dsv4_main_conf_t *dmcf,
+    ngx_http_dsv4_model_t *m, char *err, size_t errlen);
+static void ngx_http_dsv4_cache_log(void *data, int level, const char *msg);
 static void ngx_http_dsv4_load_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_dsv4_attach(ngx_cycle_t *cycle,
     ngx_http_dsv4_model_t *m);
@@ -173,6 +176,16 @@ ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
     sc.n_logprobs = NGX_HTTP_DSV4_MAX_LOGPROBS;
     sc.backend = dmcf->be;
 
+    /* the cache's writer thread starts here, in the worker (after fork) */
+
+    if (ngx_http_dsv4_cache_create(dmcf, m, err, sizeof(err)) != 0) {
+        ngx_snprintf((u_char *) m->error, sizeof(m->error) - 1,
+                     "model \"%V\": %s%Z", &m->name, err);
+        goto failed;
+    }
+
+    sc.cache = m->cache;
+
     m->sched = dsv4_sched_new(m->model, &sc, err, sizeof(err));
     if (m->sched == NULL) {
         ngx_snprintf((u_char *) m->error, sizeof(m->error) - 1,
@@ -188,6 +201,11 @@ ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
 
 failed:
 
+    if (m->cache) {
+        dsv4_cache_free(m->cache);
+        m->cache = NULL;
+    }
+
     if (m->tok) {
         dsv4_tokenizer_free(m->tok);
         m->tok = NULL;
@@ -199,6 +217,78 @@ failed:
     }
 
     ngx_atomic_cmp_set(&m->state, NGX_HTTP_DSV4_LOADING, NGX_HTTP_DSV4_FAILED);
+}
+
+
+/*
+ * The model's prefix cache (cache/cache.h), per worker: its memory tier is
+ * shared by the worker's engine threads, the disk and Redis tiers by every
+ * worker and server.  Loader thread.
+ */
+
+static int
+ngx_http_dsv4_cache_create(ngx_http_dsv4_main_conf_t *dmcf,
+    ngx_http_dsv4_model_t *m, char *err, size_t errlen)
+{
+    dsv4_cache_conf  cc;
+
+    m->cache = NULL;
+
+    if (m->cache_enable == 0 || (m->cache_enable == -1 && !dmcf->cache)) {
+        return 0;
+    }
+
+    ngx_memzero(&cc, sizeof(dsv4_cache_conf));
+
+    cc.block_tokens = (int) dmcf->cache_block;
+    cc.write = (int) dmcf->cache_write;
+    cc.mem_bytes = dmcf->cache_memory;
+
+    if (dmcf->cache_disk.len) {
+        cc.disk_dir = (char *) dmcf->cache_disk.data;
+        cc.disk_bytes = dmcf->cache_disk_max;
+    }
+
+    if (dmcf->cache_redis_unix.len) {
+        cc.redis_unix = (char *) dmcf->cache_redis_unix.data;
+
+    } else if (dmcf->cache_redis_host.len) {
+        cc.redis_host = (char *) dmcf->cache_redis_host.data;
+        cc.redis_port = (int) dmcf->cache_redis_port;
+    }
+
+    /* configuration strings are NUL-terminated */
+
+    cc.redis_prefix = (char *) dmcf->cache_key_prefix.data;
+    cc.redis_timeout_ms = dmcf->cache_redis_timeout ? (int) dmcf->cache_redis_timeout
+                                                    : 1;
+    cc.redis_ttl_s = (int) dmcf->cache_ttl;
+    cc.redis_max_value = dmcf->cache_max_value;
+    cc.redis_conns = (int) dmcf->engines + 1;
+    cc.log = ngx_http_dsv4_cache_log;
+    cc.log_data = m;
+
+    return dsv4_cache_new(&m->cache, m->model, &cc, err, errlen);
+}
+
+
+/*
+ * The cache logs from engine threads and its writer thread (rate-limited):
+ * ngx_log_error() is a formatted write(2) to the log's fd, as nginx's own
+ * thread pools do.
+ */
+
+static void
+ngx_http_dsv4_cache_log(void *data, int level, const char *msg)
+{
+    ngx_http_dsv4_model_t  *m = data;
+
+    ngx_uint_t  lvl;
+
+    lvl = (level == DSV4_CACHE_LOG_WARN) ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+    ngx_log_error(lvl, ngx_cycle->log, 0, "dsv4: model \"%V\": %s",
+                  &m->name, msg);
 }
 
 
@@ -474,6 +564,14 @@ ngx_http_dsv4_engine_exit(ngx_cycle_t *cycle)
         if (m[i].sched) {
             dsv4_sched_free(m[i].sched);
             m[i].sched = NULL;
+        }
+
+        /* after the scheduler (its engine threads use it), before the
+         * model it borrows */
+
+        if (m[i].cache) {
+            dsv4_cache_free(m[i].cache);
+            m[i].cache = NULL;
         }
 
         if (m[i].tok) {

@@ -56,6 +56,8 @@ typedef struct {
     ngx_atomic_t                step_seqs[NGX_HTTP_DSV4_MAX_WORKERS];
     ngx_atomic_t                waiting[NGX_HTTP_DSV4_MAX_WORKERS];
     ngx_atomic_t                loaded[NGX_HTTP_DSV4_MAX_WORKERS];
+    /* each worker's prefix-cache statistics, copied from dsv4_cache */
+    dsv4_cache_stats            cache[NGX_HTTP_DSV4_MAX_WORKERS];
 } ngx_http_dsv4_stats_t;
 
 
@@ -253,6 +255,17 @@ ngx_http_dsv4_metrics_refresh(ngx_http_dsv4_model_t *m)
     st->steps[w] = (ngx_atomic_uint_t) ss.steps;
     st->step_rows[w] = (ngx_atomic_uint_t) ss.rows;
     st->step_seqs[w] = (ngx_atomic_uint_t) ss.seqs;
+
+    /* the cache's counters take its lock: at most every 100 ms here, and
+     * on every scrape (ngx_http_dsv4_metrics_refresh_all) */
+
+    if (m->cache != NULL
+        && (ngx_current_msec - m->cache_stats_time > 100
+            || m->cache_stats_time == 0))
+    {
+        dsv4_cache_get_stats(m->cache, &st->cache[w]);
+        m->cache_stats_time = ngx_current_msec;
+    }
 }
 
 
@@ -409,6 +422,7 @@ ngx_http_dsv4_metrics_refresh_all(ngx_http_dsv4_main_conf_t *dmcf)
     m = dmcf->models.elts;
 
     for (i = 0; i < dmcf->models.nelts; i++) {
+        m[i].cache_stats_time = 0;
         ngx_http_dsv4_metrics_refresh(&m[i]);
     }
 }
@@ -433,6 +447,251 @@ ngx_http_dsv4_sum(ngx_atomic_t *slots)
     }
 
     return s;
+}
+
+
+/*
+ * The prefix cache's metrics (docs/cache.md), summed over the workers'
+ * slots, for the models that have a cache configured.
+ */
+
+#define NGX_HTTP_DSV4_CACHE_SUM(field)                                        \
+    total = 0;                                                                \
+    for (w = 0; w < NGX_HTTP_DSV4_MAX_WORKERS; w++) {                         \
+        total += st->cache[w].field;                                          \
+    }
+
+static ngx_uint_t
+ngx_http_dsv4_cache_on(ngx_http_dsv4_main_conf_t *dmcf,
+    ngx_http_dsv4_model_t *m)
+{
+    return m->cache_enable == 1 || (m->cache_enable == -1 && dmcf->cache);
+}
+
+
+static int
+ngx_http_dsv4_metrics_cache(dsv4_strbuf *b, ngx_http_dsv4_main_conf_t *dmcf)
+{
+    uint64_t                total, cum;
+    ngx_uint_t              i, k, w, any;
+    ngx_http_dsv4_stats_t  *st;
+    ngx_http_dsv4_model_t  *m;
+
+    static const struct {
+        const char  *name;
+        const char  *help;
+        size_t       off;
+    }  counters[] = {
+        { "cache_lookups_total", "Prefix cache lookups (one per admitted "
+          "request).", offsetof(dsv4_cache_stats, lookups) },
+        { "cache_lookup_hits_total", "Lookups that restored at least one "
+          "block.", offsetof(dsv4_cache_stats, lookup_hits) },
+        { "cache_lookup_tokens_total", "Prompt tokens of all lookups.",
+          offsetof(dsv4_cache_stats, lookup_tokens) },
+        { "cache_captures_total", "Snapshots queued for write-back.",
+          offsetof(dsv4_cache_stats, captures) }
+    };
+
+    static const struct {
+        const char  *name;
+        const char  *help;
+        size_t       off;
+    }  tiers[] = {
+        { "cache_hit_tokens_total", "Prompt tokens restored from the cache, "
+          "by the tier each block came from.",
+          offsetof(dsv4_cache_stats, hit_tokens) },
+        { "cache_read_bytes_total", "Value bytes read, by tier.",
+          offsetof(dsv4_cache_stats, read_bytes) },
+        { "cache_written_bytes_total", "Value bytes written, by tier.",
+          offsetof(dsv4_cache_stats, written_bytes) },
+        { "cache_written_values_total", "Values written, by tier.",
+          offsetof(dsv4_cache_stats, written_values) }
+    };
+
+    static const struct {
+        const char  *name;
+        const char  *help;
+        size_t       off;
+    }  gauges[] = {
+        { "cache_memory_bytes", "Bytes held by the memory tiers.",
+          offsetof(dsv4_cache_stats, mem_bytes) },
+        { "cache_memory_values", "Values held by the memory tiers.",
+          offsetof(dsv4_cache_stats, mem_values) },
+        { "cache_disk_bytes", "Disk tier bytes (each worker's estimate, "
+          "summed).", offsetof(dsv4_cache_stats, disk_bytes) },
+        { "cache_queue_bytes", "Snapshot bytes waiting for write-back.",
+          offsetof(dsv4_cache_stats, queue_bytes) }
+    };
+
+    m = dmcf->models.elts;
+    any = 0;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        any |= ngx_http_dsv4_cache_on(dmcf, &m[i]);
+    }
+
+    if (!any || ngx_http_dsv4_shm == NULL) {
+        return 0;
+    }
+
+#define ngx_http_dsv4_cemit(...)                                              \
+    if (ngx_http_dsv4_strbuf_printf(b, __VA_ARGS__) != 0) return -1
+
+#define ngx_http_dsv4_each_model                                              \
+    for (i = 0; i < dmcf->models.nelts; i++)                                  \
+        if (ngx_http_dsv4_cache_on(dmcf, &m[i])                               \
+            && (st = ngx_http_dsv4_stats(&m[i])) != NULL)
+
+#define ngx_http_dsv4_field(ws, off, idx)                                     \
+    (((const uint64_t *) ((const char *) (ws) + (off)))[idx])
+
+    for (k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
+        ngx_http_dsv4_cemit("# HELP dsv4:%s %s\n# TYPE dsv4:%s counter\n",
+                            counters[k].name, counters[k].help,
+                            counters[k].name);
+
+        ngx_http_dsv4_each_model {
+            total = 0;
+            for (w = 0; w < NGX_HTTP_DSV4_MAX_WORKERS; w++) {
+                total += ngx_http_dsv4_field(&st->cache[w], counters[k].off, 0);
+            }
+
+            ngx_http_dsv4_cemit("dsv4:%s{model_name=\"%.*s\"} %llu\n",
+                                counters[k].name, (int) m[i].name.len,
+                                m[i].name.data, (unsigned long long) total);
+        }
+    }
+
+    for (k = 0; k < sizeof(tiers) / sizeof(tiers[0]); k++) {
+        ngx_http_dsv4_cemit("# HELP dsv4:%s %s\n# TYPE dsv4:%s counter\n",
+                            tiers[k].name, tiers[k].help, tiers[k].name);
+
+        ngx_http_dsv4_each_model {
+            ngx_uint_t  t;
+
+            for (t = 0; t < DSV4_CACHE_NTIERS; t++) {
+                total = 0;
+                for (w = 0; w < NGX_HTTP_DSV4_MAX_WORKERS; w++) {
+                    total += ngx_http_dsv4_field(&st->cache[w], tiers[k].off,
+                                                 t);
+                }
+
+                ngx_http_dsv4_cemit(
+                    "dsv4:%s{model_name=\"%.*s\",tier=\"%s\"} %llu\n",
+                    tiers[k].name, (int) m[i].name.len, m[i].name.data,
+                    dsv4_cache_tier_name((int) t), (unsigned long long) total);
+            }
+        }
+    }
+
+    ngx_http_dsv4_cemit(
+        "# HELP dsv4:cache_errors_total Prefix cache errors by kind (each "
+        "one made a value a miss or a write a no-op; the request was served "
+        "by recomputing).\n"
+        "# TYPE dsv4:cache_errors_total counter\n");
+
+    ngx_http_dsv4_each_model {
+        ngx_uint_t  e;
+
+        for (e = 0; e < DSV4_CACHE_NERRORS; e++) {
+            NGX_HTTP_DSV4_CACHE_SUM(errors[e]);
+
+            ngx_http_dsv4_cemit(
+                "dsv4:cache_errors_total{model_name=\"%.*s\",kind=\"%s\"} "
+                "%llu\n", (int) m[i].name.len, m[i].name.data,
+                dsv4_cache_error_name((int) e), (unsigned long long) total);
+        }
+    }
+
+    for (k = 0; k < sizeof(gauges) / sizeof(gauges[0]); k++) {
+        ngx_http_dsv4_cemit("# HELP dsv4:%s %s\n# TYPE dsv4:%s gauge\n",
+                            gauges[k].name, gauges[k].help, gauges[k].name);
+
+        ngx_http_dsv4_each_model {
+            total = 0;
+            for (w = 0; w < NGX_HTTP_DSV4_MAX_WORKERS; w++) {
+                if (st->loaded[w]) {
+                    total += ngx_http_dsv4_field(&st->cache[w],
+                                                 gauges[k].off, 0);
+                }
+            }
+
+            ngx_http_dsv4_cemit("dsv4:%s{model_name=\"%.*s\"} %llu\n",
+                                gauges[k].name, (int) m[i].name.len,
+                                m[i].name.data, (unsigned long long) total);
+        }
+    }
+
+    if (dmcf->cache_redis_host.len == 0 && dmcf->cache_redis_unix.len == 0) {
+        return 0;
+    }
+
+    ngx_http_dsv4_cemit(
+        "# HELP dsv4:cache_redis_up Worker processes whose Redis tier is "
+        "not backing off after a failure.\n"
+        "# TYPE dsv4:cache_redis_up gauge\n");
+
+    ngx_http_dsv4_each_model {
+        total = 0;
+        for (w = 0; w < NGX_HTTP_DSV4_MAX_WORKERS; w++) {
+            if (st->loaded[w] && st->cache[w].redis_up) {
+                total++;
+            }
+        }
+
+        ngx_http_dsv4_cemit("dsv4:cache_redis_up{model_name=\"%.*s\"} %llu\n",
+                            (int) m[i].name.len, m[i].name.data,
+                            (unsigned long long) total);
+    }
+
+    ngx_http_dsv4_cemit(
+        "# HELP dsv4:cache_redis_latency_seconds Redis round trips "
+        "(pipelines count once) in seconds.\n"
+        "# TYPE dsv4:cache_redis_latency_seconds histogram\n");
+
+    ngx_http_dsv4_each_model {
+        cum = 0;
+
+        for (k = 0; k < DSV4_CACHE_NLAT; k++) {
+            NGX_HTTP_DSV4_CACHE_SUM(redis_latency[k]);
+            cum += total;
+
+            if (k + 1 < DSV4_CACHE_NLAT) {
+                ngx_http_dsv4_cemit(
+                    "dsv4:cache_redis_latency_seconds_bucket{model_name="
+                    "\"%.*s\",le=\"%g\"} %llu\n",
+                    (int) m[i].name.len, m[i].name.data,
+                    (double) dsv4_cache_latency_le_us[k] / 1e6,
+                    (unsigned long long) cum);
+
+            } else {
+                ngx_http_dsv4_cemit(
+                    "dsv4:cache_redis_latency_seconds_bucket{model_name="
+                    "\"%.*s\",le=\"+Inf\"} %llu\n",
+                    (int) m[i].name.len, m[i].name.data,
+                    (unsigned long long) cum);
+            }
+        }
+
+        NGX_HTTP_DSV4_CACHE_SUM(redis_usec_sum);
+
+        ngx_http_dsv4_cemit(
+            "dsv4:cache_redis_latency_seconds_sum{model_name=\"%.*s\"} %.6f\n",
+            (int) m[i].name.len, m[i].name.data, (double) total / 1e6);
+
+        NGX_HTTP_DSV4_CACHE_SUM(redis_calls);
+
+        ngx_http_dsv4_cemit(
+            "dsv4:cache_redis_latency_seconds_count{model_name=\"%.*s\"} "
+            "%llu\n", (int) m[i].name.len, m[i].name.data,
+            (unsigned long long) total);
+    }
+
+#undef ngx_http_dsv4_cemit
+#undef ngx_http_dsv4_each_model
+#undef ngx_http_dsv4_field
+
+    return 0;
 }
 
 
@@ -680,6 +939,10 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
                 (int) m[i].name.len, m[i].name.data,
                 (unsigned long) h->count);
         }
+    }
+
+    if (ngx_http_dsv4_metrics_cache(&b, dmcf) != 0) {
+        goto failed;
     }
 
     /* errors answered, by API and status */

@@ -28,6 +28,10 @@ static char *ngx_http_dsv4_set_msec(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_dsv4_set_sec(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_dsv4_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_dsv4_cache_disk(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 #if (NGX_THREADS)
 static char *ngx_http_dsv4_thread_pool(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -54,6 +58,30 @@ static ngx_conf_num_bounds_t  ngx_http_dsv4_n_bounds = {
 
 static ngx_conf_num_bounds_t  ngx_http_dsv4_prompt_bounds = {
     NULL, 0, 1000000000
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_block_bounds = {
+    NULL, 4, 1048576
+};
+
+
+static ngx_conf_enum_t  ngx_http_dsv4_cache_scopes[] = {
+    { ngx_string("global"), NGX_HTTP_DSV4_CACHE_SCOPE_GLOBAL },
+    { ngx_string("key"), NGX_HTTP_DSV4_CACHE_SCOPE_KEY },
+    { ngx_null_string, 0 }
+};
+
+
+/* dsv4_cache_write: bit 0 is "off", the tiers are DSV4_CACHE_WRITE_* << 1 */
+
+static ngx_conf_bitmask_t  ngx_http_dsv4_cache_writes[] = {
+    { ngx_string("off"), 1 },
+    { ngx_string("memory"), DSV4_CACHE_WRITE_MEM << 1 },
+    { ngx_string("disk"), DSV4_CACHE_WRITE_DISK << 1 },
+    { ngx_string("redis"), DSV4_CACHE_WRITE_REDIS << 1 },
+    { ngx_string("all"), DSV4_CACHE_WRITE_ALL << 1 },
+    { ngx_null_string, 0 }
 };
 
 
@@ -120,6 +148,83 @@ static ngx_command_t  ngx_http_dsv4_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_dsv4_main_conf_t, max_queue),
       &ngx_http_dsv4_queue_bounds },
+
+    { ngx_string("dsv4_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache),
+      NULL },
+
+    { ngx_string("dsv4_cache_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_cache_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_cache_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_msec,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_redis_timeout),
+      NULL },
+
+    { ngx_string("dsv4_cache_key_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_key_prefix),
+      NULL },
+
+    { ngx_string("dsv4_cache_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_sec,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_ttl),
+      NULL },
+
+    { ngx_string("dsv4_cache_max_value"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_size,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_max_value),
+      NULL },
+
+    { ngx_string("dsv4_cache_memory"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_size,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_memory),
+      NULL },
+
+    { ngx_string("dsv4_cache_disk"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_dsv4_cache_disk,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_cache_block"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_set_num,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_block),
+      &ngx_http_dsv4_block_bounds },
+
+    { ngx_string("dsv4_cache_write"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_conf_set_bitmask_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_write),
+      &ngx_http_dsv4_cache_writes },
+
+    { ngx_string("dsv4_cache_scope"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_main_conf_t, cache_scope),
+      &ngx_http_dsv4_cache_scopes },
 
     { ngx_string("dsv4_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -247,6 +352,24 @@ ngx_http_dsv4_create_main_conf(ngx_conf_t *cf)
     dmcf->prefill_chunk = NGX_CONF_UNSET;
     dmcf->max_queue = NGX_CONF_UNSET;
 
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     dmcf->cache_redis = { 0, NULL };
+     *     dmcf->cache_disk = { 0, NULL };
+     *     dmcf->cache_key_prefix = { 0, NULL };
+     *     dmcf->cache_write = 0;               (the bitmask slot's unset)
+     */
+
+    dmcf->cache = NGX_CONF_UNSET;
+    dmcf->cache_redis_timeout = NGX_CONF_UNSET_MSEC;
+    dmcf->cache_ttl = NGX_CONF_UNSET;
+    dmcf->cache_max_value = NGX_CONF_UNSET_SIZE;
+    dmcf->cache_memory = NGX_CONF_UNSET_SIZE;
+    dmcf->cache_disk_max = NGX_CONF_UNSET_SIZE;
+    dmcf->cache_block = NGX_CONF_UNSET;
+    dmcf->cache_scope = NGX_CONF_UNSET_UINT;
+
     return dmcf;
 }
 
@@ -276,6 +399,47 @@ ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (dmcf->prefill_chunk > dmcf->max_batch_tokens) {
         dmcf->prefill_chunk = dmcf->max_batch_tokens;
+    }
+
+    ngx_conf_init_value(dmcf->cache, 0);
+    ngx_conf_init_msec_value(dmcf->cache_redis_timeout, 100);
+    ngx_conf_init_value(dmcf->cache_ttl, 0);
+    ngx_conf_init_size_value(dmcf->cache_max_value, 32 * 1024 * 1024);
+    ngx_conf_init_size_value(dmcf->cache_memory, 64 * 1024 * 1024);
+    ngx_conf_init_size_value(dmcf->cache_disk_max, 1024 * 1024 * 1024);
+    ngx_conf_init_value(dmcf->cache_block, 0);
+    ngx_conf_init_uint_value(dmcf->cache_scope,
+                             NGX_HTTP_DSV4_CACHE_SCOPE_GLOBAL);
+
+    if (dmcf->cache_key_prefix.data == NULL) {
+        ngx_str_set(&dmcf->cache_key_prefix, "dsv4:");
+    }
+
+    if (dmcf->cache_block % 4 != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dsv4_cache_block\" %i is not a multiple of 4 "
+                           "(nor, then, of the model's compress ratios)",
+                           dmcf->cache_block);
+        return NGX_CONF_ERROR;
+    }
+
+    /* the default write policy: every configured tier */
+
+    if (dmcf->cache_write == 0) {
+        dmcf->cache_write = DSV4_CACHE_WRITE_ALL;
+
+    } else if (dmcf->cache_write & 1) {
+        if (dmcf->cache_write != 1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"dsv4_cache_write off\" cannot be combined "
+                               "with a tier");
+            return NGX_CONF_ERROR;
+        }
+
+        dmcf->cache_write = 0;
+
+    } else {
+        dmcf->cache_write >>= 1;
     }
 
     if (dmcf->models.nelts
@@ -510,6 +674,7 @@ ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     m->top_p = NAN;
     m->min_p = NAN;
     m->top_k = -2;
+    m->cache_enable = -1;
 
     if (ngx_conf_full_name(cf->cycle, &m->path, 0) != NGX_OK) {
         return NGX_CONF_ERROR;
@@ -634,6 +799,16 @@ ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strcmp(value[i].data, "cache=on") == 0) {
+            m->cache_enable = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "cache=off") == 0) {
+            m->cache_enable = 0;
+            continue;
+        }
+
         if (ngx_strcmp(value[i].data, "thinking=on") == 0) {
             m->thinking = 1;
             continue;
@@ -713,6 +888,188 @@ ngx_http_dsv4_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_dsv4_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * dsv4_cache_redis IP[:PORT] | [IPV6]:PORT | unix:/path | off;
+ *
+ * Names are refused: hiredis would resolve them with a blocking
+ * getaddrinfo() on every reconnect.
+ */
+
+static char *
+ngx_http_dsv4_cache_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsv4_main_conf_t *dmcf = conf;
+
+    u_char     *p, *last, *colon;
+    ngx_str_t  *value, host;
+    ngx_int_t   port;
+#if (NGX_HAVE_INET6)
+    u_char      a6[16];
+#endif
+
+    if (dmcf->cache_redis.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    dmcf->cache_redis = value[1];
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[1].data, "unix:", 5) == 0) {
+        dmcf->cache_redis_unix.data = value[1].data + 5;
+        dmcf->cache_redis_unix.len = value[1].len - 5;
+
+        if (dmcf->cache_redis_unix.len == 0) {
+            goto invalid;
+        }
+
+        if (ngx_conf_full_name(cf->cycle, &dmcf->cache_redis_unix, 0)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    p = value[1].data;
+    last = p + value[1].len;
+    port = 6379;
+
+    if (*p == '[') {
+        colon = ngx_strlchr(p, last, ']');
+        if (colon == NULL) {
+            goto invalid;
+        }
+
+        host.data = p + 1;
+        host.len = colon - host.data;
+        p = colon + 1;
+
+        if (p < last) {
+            if (*p != ':') {
+                goto invalid;
+            }
+
+            port = ngx_atoi(p + 1, last - p - 1);
+        }
+
+#if (NGX_HAVE_INET6)
+        if (ngx_inet6_addr(host.data, host.len, a6) != NGX_OK) {
+            goto invalid;
+        }
+#else
+        goto invalid;
+#endif
+
+    } else {
+        colon = ngx_strlchr(p, last, ':');
+
+        host.data = p;
+        host.len = (colon ? colon : last) - p;
+
+        if (colon) {
+            port = ngx_atoi(colon + 1, last - colon - 1);
+        }
+
+        if (ngx_inet_addr(host.data, host.len) == INADDR_NONE) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Redis address \"%V\": expected an "
+                               "IP literal (names would resolve blocking), "
+                               "[IPv6]:port or unix:/path", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (port < 1 || port > 65535) {
+        goto invalid;
+    }
+
+    dmcf->cache_redis_host.data = ngx_pnalloc(cf->pool, host.len + 1);
+    if (dmcf->cache_redis_host.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(dmcf->cache_redis_host.data, host.data, host.len);
+    dmcf->cache_redis_host.data[host.len] = '\0';
+    dmcf->cache_redis_host.len = host.len;
+    dmcf->cache_redis_port = port;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid Redis address \"%V\", expected IP[:PORT], "
+                       "[IPv6]:PORT or unix:/path", &value[1]);
+    return NGX_CONF_ERROR;
+}
+
+
+/* dsv4_cache_disk PATH [max=SIZE] | off; */
+
+static char *
+ngx_http_dsv4_cache_disk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_dsv4_main_conf_t *dmcf = conf;
+
+    off_t       size;
+    ngx_str_t  *value, s;
+
+    if (dmcf->cache_disk.data != NULL) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (cf->args->nelts > 2) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\" after \"off\"",
+                               &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_str_set(&dmcf->cache_disk, "");
+        return NGX_CONF_OK;
+    }
+
+    dmcf->cache_disk = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &dmcf->cache_disk, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts > 2) {
+        if (ngx_strncmp(value[2].data, "max=", 4) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\", expected "
+                               "max=SIZE", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        s.data = value[2].data + 4;
+        s.len = value[2].len - 4;
+
+        size = ngx_parse_offset(&s);
+
+        if (size <= 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid max size \"%V\", expected a size "
+                               "such as 512m or 10g", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+
+        dmcf->cache_disk_max = (size_t) size;
+    }
 
     return NGX_CONF_OK;
 }

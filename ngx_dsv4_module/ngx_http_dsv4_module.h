@@ -36,6 +36,7 @@
 #include "chat.h"
 #include "parse.h"
 #include "strbuf.h"
+#include "cache/cache.h"
 
 
 #define NGX_HTTP_DSV4_API_NONE              0
@@ -67,6 +68,9 @@
 #define NGX_HTTP_DSV4_FINISH_ERROR          4
 #define NGX_HTTP_DSV4_FINISH_N              5
 
+#define NGX_HTTP_DSV4_CACHE_SCOPE_GLOBAL    0
+#define NGX_HTTP_DSV4_CACHE_SCOPE_KEY       1
+
 
 typedef struct ngx_http_dsv4_ctx_s     ngx_http_dsv4_ctx_t;
 typedef struct ngx_http_dsv4_choice_s  ngx_http_dsv4_choice_t;
@@ -94,6 +98,7 @@ typedef struct {
     ngx_int_t                   top_k;
 
     ngx_uint_t                  index;          /* metrics slot */
+    ngx_int_t                   cache_enable;   /* cache=on|off; -1 unset */
 
     /* per worker, set by the loader thread (state is the handshake) */
     ngx_atomic_t                state;
@@ -101,6 +106,8 @@ typedef struct {
     dsv4_model                 *model;
     dsv4_tokenizer             *tok;
     dsv4_sched                 *sched;
+    dsv4_cache                 *cache;          /* prefix cache, or NULL */
+    ngx_msec_t                  cache_stats_time;   /* last copied to shm */
     ngx_int_t                   ctx_len;        /* effective max_ctx */
     ngx_int_t                   vocab;
     int32_t                     stop_ids[8];    /* EOS, <|User|>, ... */
@@ -128,6 +135,23 @@ typedef struct {
     ngx_flag_t                  backend_blas;
 
     ngx_shm_zone_t             *shm_zone;
+
+    /* prefix cache (docs/cache.md) */
+    ngx_flag_t                  cache;
+    ngx_str_t                   cache_redis;    /* as configured */
+    ngx_str_t                   cache_redis_host;   /* NUL-terminated */
+    ngx_int_t                   cache_redis_port;
+    ngx_str_t                   cache_redis_unix;   /* NUL-terminated */
+    ngx_str_t                   cache_key_prefix;
+    ngx_msec_t                  cache_redis_timeout;
+    time_t                      cache_ttl;
+    size_t                      cache_max_value;
+    size_t                      cache_memory;
+    ngx_str_t                   cache_disk;     /* directory; "" = off */
+    size_t                      cache_disk_max;
+    ngx_int_t                   cache_block;
+    ngx_uint_t                  cache_write;    /* DSV4_CACHE_WRITE_* */
+    ngx_uint_t                  cache_scope;    /* NGX_HTTP_DSV4_CACHE_SCOPE_* */
 
     /* per worker */
     const dsv4_backend         *be;
@@ -312,6 +336,7 @@ ngx_int_t ngx_http_dsv4_stream_flush(ngx_http_dsv4_ctx_t *ctx,
 void ngx_http_dsv4_choice_ready(ngx_http_dsv4_choice_t *ch);
 void ngx_http_dsv4_finalize(ngx_http_dsv4_ctx_t *ctx, ngx_int_t rc);
 void ngx_http_dsv4_random_id(u_char *dst, const char *prefix, size_t n);
+ngx_uint_t ngx_http_dsv4_cached_tokens(ngx_http_dsv4_ctx_t *ctx);
 
 /* ngx_http_dsv4_prepare.c */
 void ngx_http_dsv4_prepare(ngx_http_dsv4_prep_t *prep);

@@ -646,23 +646,25 @@ ngx_http_dsv4_usage(ngx_http_dsv4_ctx_t *ctx)
     }
 
     if (ctx->api == NGX_HTTP_DSV4_API_COMPLETIONS) {
-        return json_pack("{s:I,s:I,s:I,s:{s:i}}",
+        return json_pack("{s:I,s:I,s:I,s:{s:I}}",
                          "prompt_tokens", (json_int_t) ctx->prompt_tokens,
                          "completion_tokens",
                          (json_int_t) ctx->completion_tokens,
                          "total_tokens",
                          (json_int_t) (ctx->prompt_tokens
                                        + ctx->completion_tokens),
-                         "prompt_tokens_details", "cached_tokens", 0);
+                         "prompt_tokens_details", "cached_tokens",
+                         (json_int_t) ngx_http_dsv4_cached_tokens(ctx));
     }
 
-    return json_pack("{s:I,s:I,s:I,s:{s:i},s:{s:I}}",
+    return json_pack("{s:I,s:I,s:I,s:{s:I},s:{s:I}}",
                      "prompt_tokens", (json_int_t) ctx->prompt_tokens,
                      "completion_tokens", (json_int_t) ctx->completion_tokens,
                      "total_tokens",
                      (json_int_t) (ctx->prompt_tokens
                                    + ctx->completion_tokens),
-                     "prompt_tokens_details", "cached_tokens", 0,
+                     "prompt_tokens_details", "cached_tokens",
+                     (json_int_t) ngx_http_dsv4_cached_tokens(ctx),
                      "completion_tokens_details", "reasoning_tokens",
                      (json_int_t) reasoning);
 }

@@ -407,6 +407,41 @@ ngx_http_dsv4_run(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
  * result of sending an error response.
  */
 
+/*
+ * Prompt tokens restored from the prefix cache, counted like prompt_tokens
+ * (once per prompt: the most any of its choices reused).
+ */
+
+ngx_uint_t
+ngx_http_dsv4_cached_tokens(ngx_http_dsv4_ctx_t *ctx)
+{
+    int          n;
+    ngx_uint_t   i, p, total, best;
+
+    total = 0;
+
+    for (p = 0; ctx->prep && p < ctx->prep->nprompts; p++) {
+        best = 0;
+
+        for (i = 0; i < ctx->nchoices; i++) {
+            if (ctx->choices[i].prompt != p || ctx->choices[i].req == NULL) {
+                continue;
+            }
+
+            n = dsv4_request_cached_tokens(ctx->choices[i].req);
+
+            if (n > 0 && (ngx_uint_t) n > best) {
+                best = (ngx_uint_t) n;
+            }
+        }
+
+        total += best;
+    }
+
+    return total;
+}
+
+
 static ngx_int_t
 ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
 {
@@ -415,6 +450,7 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
     ngx_uint_t               i, j, k;
     int                      waiting, running;
     dsv4_request_params      rp;
+    ngx_str_t                salt;
     dsv4_parser_options      po;
     ngx_http_dsv4_prep_t    *prep;
     ngx_http_dsv4_model_t   *m;
@@ -473,6 +509,30 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
         ctx->prompt_tokens += prep->nids[i];
     }
 
+    /*
+     * dsv4_cache_scope key: the Authorization header's bearer token is the
+     * cache salt, so that only requests with the same key share cached
+     * prefixes.  The library hashes it into the chain's root key (SHA-256):
+     * the token itself is neither stored nor sent to Redis.  Requests
+     * without a token share the unsalted scope.
+     */
+
+    ngx_str_null(&salt);
+
+    if (m->cache != NULL
+        && prep->dmcf->cache_scope == NGX_HTTP_DSV4_CACHE_SCOPE_KEY
+        && r->headers_in.authorization != NULL)
+    {
+        salt = r->headers_in.authorization->value;
+
+        if (salt.len > 7
+            && ngx_strncasecmp(salt.data, (u_char *) "Bearer ", 7) == 0)
+        {
+            salt.data += 7;
+            salt.len -= 7;
+        }
+    }
+
     k = 0;
 
     for (i = 0; i < prep->nprompts; i++) {
@@ -520,6 +580,13 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
             }
 
             dsv4_request_set_data(ch->req, ch);
+
+            if (salt.len
+                && dsv4_request_set_cache_salt(ch->req, salt.data, salt.len)
+                   != 0)
+            {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
         }
     }
 

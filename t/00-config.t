@@ -18,7 +18,12 @@ my $ok = Dsv4Nginx->new(
           . "dsv4_engine_threads 2; dsv4_max_seqs 8; dsv4_max_batch_tokens 64;\n"
           . "dsv4_prefill_chunk 32; dsv4_max_queue 4;\n"
           . "dsv4_max_body_size 2m; dsv4_max_tokens 100; dsv4_max_n 4;\n"
-          . "dsv4_max_prompt_tokens 300; dsv4_timeout 30s; dsv4_retry_after 5;\n",
+          . "dsv4_max_prompt_tokens 300; dsv4_timeout 30s; dsv4_retry_after 5;\n"
+          . "dsv4_model tiny2 $tiny tokenizer=off cache=off;\n"
+          . "dsv4_cache on; dsv4_cache_redis 127.0.0.1:6390; dsv4_cache_key_prefix kv:;\n"
+          . "dsv4_cache_redis_timeout 50ms; dsv4_cache_ttl 1h; dsv4_cache_max_value 8m;\n"
+          . "dsv4_cache_memory 16m; dsv4_cache_disk kv max=64m; dsv4_cache_block 128;\n"
+          . "dsv4_cache_write memory redis; dsv4_cache_scope key;\n",
     server => "location /c { dsv4_api chat_completions; dsv4_max_n 2; }\n"
             . "location /m { dsv4_api models; }\n"
             . "location /h { dsv4_api health; }\n");
@@ -44,6 +49,19 @@ my @bad = (
     [ "dsv4_max_body_size lots;", qr/invalid value "lots"/ ],
     [ "dsv4_max_n 1000;", qr/invalid value "1000", expected an integer from 1 to 128/ ],
     [ "dsv4_timeout forever;", qr/invalid value "forever"/ ],
+    [ "dsv4_cache maybe;", qr/invalid value "maybe"/ ],
+    [ "dsv4_cache_redis localhost:6379;", qr/invalid Redis address "localhost:6379": expected an IP literal/ ],
+    [ "dsv4_cache_redis 127.0.0.1:99999;", qr/invalid Redis address "127.0.0.1:99999"/ ],
+    [ "dsv4_cache_redis unix:;", qr/invalid Redis address "unix:"/ ],
+    [ "dsv4_cache_block 30;", qr/"dsv4_cache_block" 30 is not a multiple of 4/ ],
+    [ "dsv4_cache_block 0;", qr/invalid value "0", expected an integer from 4/ ],
+    [ "dsv4_cache_memory lots;", qr/invalid value "lots"/ ],
+    [ "dsv4_cache_disk /tmp/x max=big;", qr/invalid max size "max=big"/ ],
+    [ "dsv4_cache_disk /tmp/x size=1m;", qr/invalid parameter "size=1m"/ ],
+    [ "dsv4_cache_write everywhere;", qr/invalid value "everywhere"/ ],
+    [ "dsv4_cache_write off redis;", qr/"dsv4_cache_write off" cannot be combined/ ],
+    [ "dsv4_cache_scope tenant;", qr/invalid value "tenant"/ ],
+    [ "dsv4_model x $tiny cache=maybe;", qr/invalid parameter "cache=maybe"/ ],
 );
 
 for my $b (@bad) {
