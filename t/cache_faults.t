@@ -2,7 +2,9 @@
 # Prefix cache faults with a real redis-server (docs/cache.md, "Failure
 # policy"): Redis down at start, killed mid-stream, SIGSTOPped (every call
 # times out), full (maxmemory with noeviction), values overwritten with
-# garbage or with another block's value.  Every request is still answered
+# garbage or with another block's value, busy in DEBUG SLEEP (a slow server:
+# calls time out), restarted gracefully (SHUTDOWN NOSAVE, then started again
+# on the same port: the cache reconnects and hits again).  Every request is still answered
 # with the same greedy output as a cold run, the worker stays up, error.log
 # gets a [warn] and dsv4:cache_errors_total moves for the right kind.
 
@@ -178,6 +180,61 @@ sleep 2.2;
     same_as_cold(prompt(8, 4 * $B + 3), 'Redis full');
     ok(wait_until(sub { errors('oom') > $o0 }), 'dsv4:cache_errors_total{kind="oom"} moved');
     $redis->cli('CONFIG', 'SET', 'maxmemory', '0');
+}
+
+sub written_redis {
+    return $t->metric('dsv4:cache_written_values_total', 'tier="redis"') || 0;
+}
+
+# Sends $p until a lookup finds at least $min cached tokens (the first sends
+# fill Redis; a lookup that meets a dead connection backs off 2 s).
+sub hit_again {
+    my ($p, $name, $min) = @_;
+    my $got = 0;
+    for my $try (1 .. 4) {
+        my $w = written_redis();
+        my $r = same_as_cold($p, "$name (try $try)");
+        $got = $r->{json}{usage}{prompt_tokens_details}{cached_tokens} // 0;
+        last if $got >= $min;
+        wait_until(sub { written_redis() > $w }, 3);
+        sleep 2.2 if $try > 1;
+    }
+    cmp_ok($got, '>=', $min, "$name: served from Redis again");
+}
+
+# 6. slow server: DEBUG SLEEP (every call times out while it sleeps)
+SKIP: {
+    skip 'redis-server refuses DEBUG', 7 unless $redis->debug_ok;
+    sleep 2.2;
+    my $sp = prompt(9, 4 * $B + 6);
+    hit_again($sp, 'before DEBUG SLEEP', 4 * $B);
+    my $to0 = errors('timeout');
+    my $kid = $redis->debug_sleep(3);
+    sleep 0.3;
+    my $t0 = time;
+    my $r = same_as_cold($sp, 'Redis in DEBUG SLEEP');
+    cmp_ok(time - $t0, '<', 2.5, 'answered before the server woke up');
+    is($r->{json}{usage}{prompt_tokens_details}{cached_tokens}, 0, 'the slow server is a miss');
+    ok(wait_until(sub { errors('timeout') > $to0 }), 'dsv4:cache_errors_total{kind="timeout"} moved');
+    waitpid($kid, 0);
+    sleep 2.2;
+    hit_again($sp, 'after DEBUG SLEEP', 4 * $B);
+}
+
+# 7. graceful restart: SHUTDOWN NOSAVE, then a new server on the same port
+{
+    my $gp = prompt(10, 5 * $B + 4);
+    sleep 2.2;
+    hit_again($gp, 'before the restart', 5 * $B);
+    ok($redis->shutdown, 'SHUTDOWN NOSAVE: redis-server exited');
+    my $r = same_as_cold($gp, 'Redis shut down');
+    is($r->{json}{usage}{prompt_tokens_details}{cached_tokens}, 0, 'shut down: a miss');
+    ok($redis->start, 'redis-server started again on port ' . $redis->port);
+    is(scalar(redis_keys()), 0, 'the new server is empty (no persistence)');
+    sleep 2.2;
+    hit_again($gp, 'after the restart', 5 * $B);
+    cmp_ok(scalar(redis_keys()), '>=', 5, 'refilled the new server');
+    ok(wait_until(sub { $t->metric('dsv4:cache_redis_up') }), 'dsv4:cache_redis_up back to 1');
 }
 
 my $r2 = $t->http('GET', '/health');

@@ -8,6 +8,9 @@ package Dsv4Redis;
 #   $r->start or die;  $r->port;  $r->cli('DBSIZE');
 #   $r->pause; $r->resume;           # SIGSTOP / SIGCONT
 #   $r->stop;                        # SIGTERM, then SIGKILL
+#   $r->shutdown;                    # SHUTDOWN NOSAVE (a graceful exit), reaped
+#   $r->debug_sleep(2);              # DEBUG SLEEP 2 from a child (returns at once)
+#   $r->debug_ok;                    # DEBUG is enabled (redis 7: --enable-debug-command)
 
 use strict;
 use warnings;
@@ -94,6 +97,41 @@ sub stop {
     }
     kill 'KILL', $pid;
     waitpid($pid, 0);
+}
+
+sub shutdown {
+    my ($self) = @_;
+    my $pid = $self->{pid} or return 0;
+    $self->cli('SHUTDOWN', 'NOSAVE');
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        if (waitpid($pid, WNOHANG) == $pid) {
+            delete $self->{pid};
+            return 1;
+        }
+        sleep 0.05;
+    }
+    $self->stop;
+    return 0;
+}
+
+sub debug_ok {
+    my $out = $_[0]->cli('DEBUG', 'HELP');
+    return defined $out && $out !~ /^\(?error\)? ?ERR /m;
+}
+
+# DEBUG SLEEP from a child process: the server answers nobody for $secs
+sub debug_sleep {
+    my ($self, $secs) = @_;
+    my $pid = fork();
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>&', \*STDOUT;
+        exec 'redis-cli', '-h', '127.0.0.1', '-p', $self->{port}, 'DEBUG', 'SLEEP', $secs
+            or POSIX::_exit(127);
+    }
+    return $pid;
 }
 
 END {
