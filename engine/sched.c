@@ -287,10 +287,10 @@ dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r)
         s->ready_head = r;
     }
     s->ready_tail = r;
-    /* a full counter (impossible in practice) only means the fd is readable */
-    if (write(s->efd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
-        return;
-    }
+    /* a full counter (EAGAIN) still leaves the fd readable, so the result
+     * needs no handling */
+    ssize_t n = write(s->efd, &one, sizeof(one));
+    (void) n;
 }
 
 dsv4_request *
@@ -307,8 +307,10 @@ dsv4_sched_next_ready(dsv4_sched *s)
             s->ready_tail = NULL;
         }
         r->in_ready = 0;
-    } else if (read(s->efd, &v, sizeof(v)) < 0) {
-        /* EAGAIN: already clear */
+    } else {
+        /* empty: clear the fd (EAGAIN if already clear) */
+        ssize_t n = read(s->efd, &v, sizeof(v));
+        (void) n;
     }
     pthread_mutex_unlock(&s->mu);
     return r;

@@ -12,6 +12,7 @@
  * - backpressure: a full queue refuses with an error.
  * - the eventfd is readable whenever a request has news.
  */
+#include <errno.h>
 #include <math.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -83,7 +84,11 @@ drain(dsv4_sched *s, dsv4_request **rs, int n, int32_t (*toks)[32], int *ntok,
     int           open = n;
 
     while (open > 0) {
-        if (poll(&pfd, 1, timeout_ms) <= 0) {
+        int pr = poll(&pfd, 1, timeout_ms);
+        if (pr < 0 && errno == EINTR) {
+            continue;
+        }
+        if (pr <= 0) {
             return -1;
         }
         dsv4_request *r;
@@ -190,9 +195,11 @@ main(int argc, char **argv)
 
     /* cancellation: a long request cancelled mid-way frees its sequence */
     int waiting, running;
-    r = make_req(prompts[2], plen[2], 80, NULL, 0, 0);
+    /* 3-token prompt, 120 tokens to go: far longer than the cancel takes,
+     * even under valgrind */
+    r = make_req(prompts[0], plen[0], 120, NULL, 0, 0);
     dsv4_sched_submit(s, r, err, sizeof(err));
-    for (int t = 0; t < 200; t++) {
+    for (int t = 0; t < 2000; t++) {
         dsv4_sched_load(s, &waiting, &running);
         if (running == 1) {
             break;
@@ -204,7 +211,7 @@ main(int argc, char **argv)
     f1 = 0;
     TEST_CHECK(drain(s, &r, 1, got, &n1, &f1, 20000) == 0, "cancel: timed out");
     dsv4_sched_load(s, &waiting, &running);
-    TEST_CHECK(f1 == DSV4_FINISH_CANCELLED && n1 < 80 && running == 0,
+    TEST_CHECK(f1 == DSV4_FINISH_CANCELLED && n1 < 32 && running == 0,
                "cancel: finish %d, %d tokens, %d running", f1, n1, running);
     dsv4_request_release(r);
 
@@ -225,7 +232,8 @@ main(int argc, char **argv)
     int waiting_before = waiting;
     dsv4_request_cancel(many[last]);   /* FIFO: the last accepted still waits */
     dsv4_sched_load(s, &waiting, &running);
-    TEST_CHECK(waiting_before >= 1 && waiting == waiting_before - 1,
+    /* (engine admissions may lower it further meanwhile) */
+    TEST_CHECK(waiting_before >= 1 && waiting <= waiting_before - 1,
                "cancelled queued request still waiting (%d -> %d)", waiting_before, waiting);
     dsv4_finish qf;
     dsv4_token  qt[1];
