@@ -695,6 +695,42 @@ ngx_http_dsv4_metrics_cache(dsv4_strbuf *b, ngx_http_dsv4_main_conf_t *dmcf)
 }
 
 
+/* One metric whose value is a per-worker slot array in the stats (at
+ * byte offset `slots`), summed over the workers, for every model. */
+static int
+ngx_http_dsv4_emit_slots(dsv4_strbuf *b, ngx_http_dsv4_main_conf_t *dmcf,
+    const char *name, const char *type, const char *help, size_t slots)
+{
+    ngx_uint_t              i;
+    ngx_http_dsv4_model_t  *m;
+    ngx_http_dsv4_stats_t  *st;
+
+    if (ngx_http_dsv4_strbuf_printf(b, "# HELP dsv4:%s %s\n# TYPE dsv4:%s %s\n",
+                                    name, help, name, type) != 0)
+    {
+        return -1;
+    }
+
+    m = dmcf->models.elts;
+
+    for (i = 0; i < dmcf->models.nelts; i++) {
+        st = ngx_http_dsv4_stats(&m[i]);
+
+        if (ngx_http_dsv4_strbuf_printf(b, "dsv4:%s{model_name=\"%.*s\"} %lu\n",
+                name, (int) m[i].name.len, m[i].name.data,
+                st ? (unsigned long) ngx_http_dsv4_sum(
+                         (ngx_atomic_t *) ((u_char *) st + slots))
+                   : 0UL)
+            != 0)
+        {
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
 ngx_int_t
 ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
 {
@@ -717,17 +753,24 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
 
     /* gauges */
 
-    ngx_http_dsv4_emit(&b,
-        "# HELP dsv4:num_requests_running Number of requests in model "
-        "execution batches.\n"
-        "# TYPE dsv4:num_requests_running gauge\n");
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-        st = ngx_http_dsv4_stats(&m[i]);
-        ngx_http_dsv4_emit(&b,
-            "dsv4:num_requests_running{model_name=\"%.*s\"} %lu\n",
-            (int) m[i].name.len, m[i].name.data,
-            st ? (unsigned long) ngx_http_dsv4_sum(st->running) : 0UL);
+    if (ngx_http_dsv4_emit_slots(&b, dmcf, "num_requests_running", "gauge",
+            "Number of requests in model execution batches.",
+            offsetof(ngx_http_dsv4_stats_t, running)) != 0
+        || ngx_http_dsv4_emit_slots(&b, dmcf, "num_requests_waiting", "gauge",
+            "Number of requests waiting to be processed.",
+            offsetof(ngx_http_dsv4_stats_t, waiting)) != 0
+        || ngx_http_dsv4_emit_slots(&b, dmcf, "engine_steps_total", "counter",
+            "Forward steps run by the engines.",
+            offsetof(ngx_http_dsv4_stats_t, steps)) != 0
+        || ngx_http_dsv4_emit_slots(&b, dmcf, "engine_step_sequences_total",
+            "counter", "Sequences fed, summed over steps (divide by steps "
+            "for the mean batch size).",
+            offsetof(ngx_http_dsv4_stats_t, step_seqs)) != 0
+        || ngx_http_dsv4_emit_slots(&b, dmcf, "engine_step_tokens_total",
+            "counter", "Token rows fed (prefill and decode), summed over "
+            "steps.", offsetof(ngx_http_dsv4_stats_t, step_rows)) != 0)
+    {
+        goto failed;
     }
 
     ngx_http_dsv4_emit(&b,
@@ -742,57 +785,6 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
             "dsv4:module_handler_seconds_total{model_name=\"%.*s\"} %.6f\n",
             (int) m[i].name.len, m[i].name.data,
             st ? (double) st->handler_ns / 1e9 : 0.0);
-    }
-
-    ngx_http_dsv4_emit(&b,
-        "# HELP dsv4:engine_steps_total Forward steps run by the engines.\n"
-        "# TYPE dsv4:engine_steps_total counter\n");
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-        st = ngx_http_dsv4_stats(&m[i]);
-        ngx_http_dsv4_emit(&b,
-            "dsv4:engine_steps_total{model_name=\"%.*s\"} %lu\n",
-            (int) m[i].name.len, m[i].name.data,
-            st ? (unsigned long) ngx_http_dsv4_sum(st->steps) : 0UL);
-    }
-
-    ngx_http_dsv4_emit(&b,
-        "# HELP dsv4:engine_step_sequences_total Sequences fed, summed over "
-        "steps (divide by steps for the mean batch size).\n"
-        "# TYPE dsv4:engine_step_sequences_total counter\n");
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-        st = ngx_http_dsv4_stats(&m[i]);
-        ngx_http_dsv4_emit(&b,
-            "dsv4:engine_step_sequences_total{model_name=\"%.*s\"} %lu\n",
-            (int) m[i].name.len, m[i].name.data,
-            st ? (unsigned long) ngx_http_dsv4_sum(st->step_seqs) : 0UL);
-    }
-
-    ngx_http_dsv4_emit(&b,
-        "# HELP dsv4:engine_step_tokens_total Token rows fed (prefill and "
-        "decode), summed over steps.\n"
-        "# TYPE dsv4:engine_step_tokens_total counter\n");
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-        st = ngx_http_dsv4_stats(&m[i]);
-        ngx_http_dsv4_emit(&b,
-            "dsv4:engine_step_tokens_total{model_name=\"%.*s\"} %lu\n",
-            (int) m[i].name.len, m[i].name.data,
-            st ? (unsigned long) ngx_http_dsv4_sum(st->step_rows) : 0UL);
-    }
-
-    ngx_http_dsv4_emit(&b,
-        "# HELP dsv4:num_requests_waiting Number of requests waiting to be "
-        "processed.\n"
-        "# TYPE dsv4:num_requests_waiting gauge\n");
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-        st = ngx_http_dsv4_stats(&m[i]);
-        ngx_http_dsv4_emit(&b,
-            "dsv4:num_requests_waiting{model_name=\"%.*s\"} %lu\n",
-            (int) m[i].name.len, m[i].name.data,
-            st ? (unsigned long) ngx_http_dsv4_sum(st->waiting) : 0UL);
     }
 
     ngx_http_dsv4_emit(&b,
