@@ -17,33 +17,9 @@
 #include "sched.h"
 #include "seq_state.h"
 #include "tests/test.h"
+#include "tests/unit/sched_helpers.h"
 
 #define NGEN 6
-
-static void
-solo(dsv4_model *m, const int32_t *p, int n, int32_t *out)
-{
-    char      err[256];
-    int       V = dsv4_model_config(m)->vocab_size;
-    dsv4_seq *s = dsv4_seq_new(m, n + NGEN, err, sizeof(err));
-    dsv4_ctx *c = dsv4_ctx_new(m, dsv4_backend_cpu_scalar(), n, n + NGEN, err, sizeof(err));
-    float    *lg = malloc((size_t) V * sizeof(float));
-
-    dsv4_forward(c, s, p, n, lg, err, sizeof(err));
-    for (int g = 0; g < NGEN; g++) {
-        int best = 0;
-        for (int v = 1; v < V; v++) {
-            best = lg[v] > lg[best] ? v : best;
-        }
-        out[g] = best;
-        if (g + 1 < NGEN) {
-            dsv4_forward(c, s, &out[g], 1, lg, err, sizeof(err));
-        }
-    }
-    free(lg);
-    dsv4_ctx_free(c);
-    dsv4_seq_free(s);
-}
 
 static dsv4_request *
 make_req(const int32_t *p, int n, const char *salt)
@@ -64,13 +40,13 @@ make_req(const int32_t *p, int n, const char *salt)
     return r;
 }
 
-/* Runs requests rs[n] to completion; toks[i] gets request i's tokens. */
+/* Runs requests rs[n] (n <= 8) to completion; toks[i] gets request i's tokens. */
 static int
 run(dsv4_sched *s, dsv4_request **rs, int n, int32_t (*toks)[NGEN])
 {
-    char          err[256];
-    struct pollfd pfd = { dsv4_sched_fd(s), POLLIN, 0 };
-    int           open = n, got[8] = { 0 }, done[8] = { 0 };
+    char        err[256];
+    int         ntok[8] = { 0 };
+    dsv4_finish fin[8] = { 0 };
 
     for (int i = 0; i < n; i++) {
         if (dsv4_sched_submit(s, rs[i], err, sizeof(err)) != 0) {
@@ -78,31 +54,7 @@ run(dsv4_sched *s, dsv4_request **rs, int n, int32_t (*toks)[NGEN])
             return -1;
         }
     }
-    while (open > 0) {
-        if (poll(&pfd, 1, 30000) <= 0) {
-            return -1;
-        }
-        dsv4_request *r;
-        while ((r = dsv4_sched_next_ready(s)) != NULL) {
-            for (int i = 0; i < n; i++) {
-                dsv4_token  t[NGEN];
-                dsv4_finish f;
-                if (rs[i] != r || done[i]) {
-                    continue;
-                }
-                int k = dsv4_request_take(r, t, NGEN, &f);
-                for (int j = 0; j < k && got[i] < NGEN; j++) {
-                    toks[i][got[i]++] = t[j].id;
-                }
-                if (f != DSV4_FINISH_NONE) {
-                    done[i] = 1;
-                    open--;
-                }
-            }
-            dsv4_request_release(r);
-        }
-    }
-    return 0;
+    return drain_requests(s, rs, n, &toks[0][0], NGEN, ntok, fin, 30000);
 }
 
 int
@@ -127,8 +79,8 @@ main(int argc, char **argv)
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         toks[i] = (int32_t) (x % (uint64_t) V);
     }
-    solo(m, toks, L1, want[0]);
-    solo(m, toks, L2, want[1]);
+    solo_greedy(m, toks, L1, NGEN, want[0]);
+    solo_greedy(m, toks, L2, NGEN, want[1]);
 
     memset(&cc, 0, sizeof(cc));
     cc.block_tokens = B;

@@ -21,39 +21,12 @@
 
 #include "sched.h"
 #include "tests/test.h"
+#include "tests/unit/sched_helpers.h"
 
 #define NREQ 6
 
 static int32_t prompts[NREQ][64];
 static const int plen[NREQ] = { 3, 17, 40, 9, 25, 1 };
-
-/* Greedy completion of prompt p alone (the baseline). */
-static void
-solo(dsv4_model *m, const int32_t *p, int n, int ngen, int32_t *out)
-{
-    char      err[256];
-    int       V = dsv4_model_config(m)->vocab_size;
-    dsv4_seq *s = dsv4_seq_new(m, n + ngen, err, sizeof(err));
-    dsv4_ctx *c = dsv4_ctx_new(m, dsv4_backend_cpu_scalar(), n, n + ngen, err, sizeof(err));
-    float    *lg = malloc((size_t) V * sizeof(float));
-
-    dsv4_forward(c, s, p, n, lg, err, sizeof(err));
-    for (int g = 0; g < ngen; g++) {
-        int best = 0;
-        for (int v = 1; v < V; v++) {
-            if (lg[v] > lg[best]) {
-                best = v;
-            }
-        }
-        out[g] = best;
-        if (g + 1 < ngen) {
-            dsv4_forward(c, s, &out[g], 1, lg, err, sizeof(err));
-        }
-    }
-    free(lg);
-    dsv4_ctx_free(c);
-    dsv4_seq_free(s);
-}
 
 static dsv4_request *
 make_req(const int32_t *p, int n, int max_tokens, const int32_t *stop, int nstop, int logprobs)
@@ -73,50 +46,6 @@ make_req(const int32_t *p, int n, int max_tokens, const int32_t *stop, int nstop
     dsv4_request *r = dsv4_request_new(&rp, err, sizeof(err));
     TEST_CHECK(r != NULL, "request_new: %s", err);
     return r;
-}
-
-/* Drains the scheduler until every request in rs has finished (or timeout). */
-static int
-drain(dsv4_sched *s, dsv4_request **rs, int n, int32_t (*toks)[32], int *ntok,
-      dsv4_finish *fin, int timeout_ms)
-{
-    struct pollfd pfd = { dsv4_sched_fd(s), POLLIN, 0 };
-    int           open = n;
-
-    while (open > 0) {
-        int pr = poll(&pfd, 1, timeout_ms);
-        if (pr < 0 && errno == EINTR) {
-            continue;
-        }
-        if (pr <= 0) {
-            return -1;
-        }
-        dsv4_request *r;
-        while ((r = dsv4_sched_next_ready(s)) != NULL) {
-            for (int i = 0; i < n; i++) {
-                if (rs[i] != r || fin[i] != DSV4_FINISH_NONE) {
-                    continue;
-                }
-                dsv4_token  t[8];
-                dsv4_finish f;
-                int         k;
-                while ((k = dsv4_request_take(r, t, 8, &f)) > 0 || f == DSV4_FINISH_NONE) {
-                    for (int j = 0; j < k && ntok[i] < 32; j++) {
-                        toks[i][ntok[i]++] = t[j].id;
-                    }
-                    if (k == 0) {
-                        break;
-                    }
-                }
-                if (f != DSV4_FINISH_NONE) {
-                    fin[i] = f;
-                    open--;
-                }
-            }
-            dsv4_request_release(r);
-        }
-    }
-    return 0;
 }
 
 int
@@ -155,9 +84,9 @@ main(int argc, char **argv)
         rs[i] = make_req(prompts[i], plen[i], 8, NULL, 0, i == 0 ? 5 : 0);
         TEST_CHECK(dsv4_sched_submit(s, rs[i], err, sizeof(err)) == 0, "submit %d: %s", i, err);
     }
-    TEST_CHECK(drain(s, rs, NREQ, got, ntok, fin, 20000) == 0, "timed out");
+    TEST_CHECK(drain_requests(s, rs, NREQ, &got[0][0], 32, ntok, fin, 20000) == 0, "timed out");
     for (int i = 0; i < NREQ; i++) {
-        solo(m, prompts[i], plen[i], 8, want);
+        solo_greedy(m, prompts[i], plen[i], 8, want);
         TEST_CHECK(fin[i] == DSV4_FINISH_LENGTH && ntok[i] == 8,
                    "request %d: finish %d after %d tokens, expected LENGTH after 8", i, fin[i],
                    ntok[i]);
@@ -179,12 +108,12 @@ main(int argc, char **argv)
     }
 
     /* stop id: the 3rd greedy token of prompt 1 stops the completion there */
-    solo(m, prompts[1], plen[1], 8, want);
+    solo_greedy(m, prompts[1], plen[1], 8, want);
     dsv4_request *r = make_req(prompts[1], plen[1], 8, &want[2], 1, 0);
     int           n1 = 0;
     dsv4_finish   f1 = 0;
     dsv4_sched_submit(s, r, err, sizeof(err));
-    TEST_CHECK(drain(s, &r, 1, got, &n1, &f1, 20000) == 0, "stop: timed out");
+    TEST_CHECK(drain_requests(s, &r, 1, &got[0][0], 32, &n1, &f1, 20000) == 0, "stop: timed out");
     int first = 0;
     while (want[first] != want[2]) {
         first++;
@@ -209,7 +138,7 @@ main(int argc, char **argv)
     dsv4_request_cancel(r);
     n1 = 0;
     f1 = 0;
-    TEST_CHECK(drain(s, &r, 1, got, &n1, &f1, 20000) == 0, "cancel: timed out");
+    TEST_CHECK(drain_requests(s, &r, 1, &got[0][0], 32, &n1, &f1, 20000) == 0, "cancel: timed out");
     dsv4_sched_load(s, &waiting, &running);
     TEST_CHECK(f1 == DSV4_FINISH_CANCELLED && n1 < 32 && running == 0,
                "cancel: finish %d, %d tokens, %d running", f1, n1, running);
