@@ -2,7 +2,7 @@
 # the unit tests; `make test` runs every test; `make demo` runs the demo.
 #
 # Conventions (so new components need no Makefile edits):
-#   engine/*.c kernels/cpu/*.c      -> build/libdsv4.a
+#   engine/*.c kernels/cpu/*.c cache/*.c limits/*.c -> build/libdsv4.a
 #   engine/cli/NAME.c               -> build/NAME          (CLI tools)
 #   tests/unit/NAME.c               -> build/tests/NAME    (C unit tests)
 #   bench/NAME.c                    -> build/bench/NAME    (benchmark binaries)
@@ -14,7 +14,7 @@ CFLAGS  += -std=gnu11 -fPIC -pthread -W -Wall -Wextra -Wpointer-arith \
            -Wno-unused-parameter -Werror -I. -iquote engine -iquote kernels
 LDLIBS  += -ljansson -lpcre2-8 -lhiredis -lmsgpackc -lm -lpthread
 
-LIB_SRCS   := $(sort $(wildcard engine/*.c kernels/cpu/*.c cache/*.c))
+LIB_SRCS   := $(sort $(wildcard engine/*.c kernels/cpu/*.c cache/*.c limits/*.c))
 LIB_OBJS   := $(LIB_SRCS:%.c=build/obj/%.o)
 TOOLS      := $(patsubst engine/cli/%.c,build/%,$(wildcard engine/cli/*.c))
 UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/*.c))

@@ -25,7 +25,7 @@ NGX_MOD_SO     := build/ngx_dsv4_module.so
 NGX_MOD_SRCS   := $(sort $(wildcard ngx_dsv4_module/*.c))
 NGX_MOD_HDRS   := $(wildcard ngx_dsv4_module/*.h) engine/dsv4.h engine/sched.h \
                   engine/sample.h engine/tokenizer.h engine/chat.h engine/parse.h \
-                  engine/strbuf.h engine/utf8.h cache/cache.h
+                  engine/strbuf.h engine/utf8.h cache/cache.h limits/limit.h
 NGX_MOD_OBJS   := $(NGX_MOD_SRCS:ngx_dsv4_module/%.c=$(NGX_BUILD)/mod/%.o) \
                   $(NGX_BUILD)/mod/ngx_http_dsv4_modules.o
 # engine/ goes on the quote path only: engine/sched.h would otherwise shadow

@@ -63,7 +63,7 @@ typedef struct {
 
 typedef struct {
     ngx_uint_t                  nmodels;
-    ngx_atomic_t                errors[NGX_HTTP_DSV4_API_METRICS + 1]
+    ngx_atomic_t                errors[NGX_HTTP_DSV4_API_N]
                                       [NGX_HTTP_DSV4_CODES];
     ngx_http_dsv4_stats_t       models[1];
 } ngx_http_dsv4_shm_t;
@@ -113,7 +113,7 @@ static const char  *ngx_http_dsv4_finish_label[] = {
 
 static const char  *ngx_http_dsv4_api_label[] = {
     "none", "chat_completions", "completions", "messages", "models",
-    "tokenize", "detokenize", "health", "metrics"
+    "tokenize", "detokenize", "health", "metrics", "usage", "usage_admin"
 };
 
 static const ngx_uint_t  ngx_http_dsv4_codes[NGX_HTTP_DSV4_CODES] = {
@@ -397,7 +397,7 @@ ngx_http_dsv4_metrics_status(ngx_uint_t api, ngx_uint_t status)
 {
     ngx_uint_t  i;
 
-    if (ngx_http_dsv4_shm == NULL || api > NGX_HTTP_DSV4_API_METRICS) {
+    if (ngx_http_dsv4_shm == NULL || api >= NGX_HTTP_DSV4_API_N) {
         return;
     }
 
@@ -933,7 +933,9 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
         }
     }
 
-    if (ngx_http_dsv4_metrics_cache(&b, dmcf) != 0) {
+    if (ngx_http_dsv4_metrics_cache(&b, dmcf) != 0
+        || ngx_http_dsv4_limit_metrics(&b, dmcf) != 0)
+    {
         goto failed;
     }
 
@@ -945,7 +947,7 @@ ngx_http_dsv4_metrics_handler(ngx_http_request_t *r)
         "# TYPE dsv4:http_errors_total counter\n");
 
     if (ngx_http_dsv4_shm) {
-        for (i = 1; i <= NGX_HTTP_DSV4_API_METRICS; i++) {
+        for (i = 1; i < NGX_HTTP_DSV4_API_N; i++) {
             for (j = 0; j < NGX_HTTP_DSV4_CODES; j++) {
 
                 if (ngx_http_dsv4_shm->errors[i][j] == 0) {

@@ -36,6 +36,7 @@ static char *ngx_http_dsv4_cache_disk(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_dsv4_thread_pool(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 #endif
+static ngx_int_t ngx_http_dsv4_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_dsv4_init_process(ngx_cycle_t *cycle);
 static void ngx_http_dsv4_exit_process(ngx_cycle_t *cycle);
 
@@ -63,6 +64,26 @@ static ngx_conf_num_bounds_t  ngx_http_dsv4_prompt_bounds = {
 
 static ngx_conf_num_bounds_t  ngx_http_dsv4_block_bounds = {
     NULL, 4, 1048576
+};
+
+static ngx_conf_num_bounds_t  ngx_http_dsv4_status_bounds = {
+    NULL, 400, 599
+};
+
+
+static ngx_conf_enum_t  ngx_http_dsv4_log_levels[] = {
+    { ngx_string("info"), NGX_LOG_INFO },
+    { ngx_string("notice"), NGX_LOG_NOTICE },
+    { ngx_string("warn"), NGX_LOG_WARN },
+    { ngx_string("error"), NGX_LOG_ERR },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_dsv4_limit_fails[] = {
+    { ngx_string("open"), 0 },
+    { ngx_string("closed"), 1 },
+    { ngx_null_string, 0 }
 };
 
 
@@ -94,6 +115,8 @@ static ngx_conf_enum_t  ngx_http_dsv4_apis[] = {
     { ngx_string("detokenize"), NGX_HTTP_DSV4_API_DETOKENIZE },
     { ngx_string("health"), NGX_HTTP_DSV4_API_HEALTH },
     { ngx_string("metrics"), NGX_HTTP_DSV4_API_METRICS },
+    { ngx_string("usage"), NGX_HTTP_DSV4_API_USAGE },
+    { ngx_string("usage_admin"), NGX_HTTP_DSV4_API_USAGE_ADMIN },
     { ngx_null_string, 0 }
 };
 
@@ -226,6 +249,69 @@ static ngx_command_t  ngx_http_dsv4_commands[] = {
       offsetof(ngx_http_dsv4_main_conf_t, cache_scope),
       &ngx_http_dsv4_cache_scopes },
 
+    { ngx_string("dsv4_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsv4_redis_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_keys"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_keys_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_admin_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_dsv4_admin_key_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_limit_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_dsv4_limit_zone_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_dsv4_limit_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("dsv4_limit_dry_run"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, limit_dry_run),
+      NULL },
+
+    { ngx_string("dsv4_limit_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, limit_status),
+      &ngx_http_dsv4_status_bounds },
+
+    { ngx_string("dsv4_limit_log_level"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, limit_log_level),
+      &ngx_http_dsv4_log_levels },
+
+    { ngx_string("dsv4_limit_fail"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_dsv4_loc_conf_t, limit_fail_closed),
+      &ngx_http_dsv4_limit_fails },
+
     { ngx_string("dsv4_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_dsv4_api,
@@ -289,7 +375,7 @@ static ngx_command_t  ngx_http_dsv4_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_dsv4_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_dsv4_preconfiguration,        /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_dsv4_create_main_conf,        /* create main configuration */
@@ -331,7 +417,13 @@ ngx_http_dsv4_create_main_conf(ngx_conf_t *cf)
 
     if (ngx_array_init(&dmcf->models, cf->pool, 2,
                        sizeof(ngx_http_dsv4_model_t))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&dmcf->key_files, cf->pool, 1,
+                          sizeof(ngx_http_dsv4_keys_t *))
+           != NGX_OK
+        || ngx_array_init(&dmcf->limit_zones, cf->pool, 1,
+                          sizeof(ngx_http_dsv4_limit_zone_t *))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -341,6 +433,7 @@ ngx_http_dsv4_create_main_conf(ngx_conf_t *cf)
      *
      *     dmcf->shm_zone = NULL;
      *     dmcf->loader_started = 0;
+     *     dmcf->redis = NULL;
      */
 
     dmcf->backend = NGX_CONF_UNSET_UINT;
@@ -378,6 +471,9 @@ static char *
 ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_dsv4_main_conf_t *dmcf = conf;
+
+    ngx_uint_t                    i;
+    ngx_http_dsv4_limit_zone_t  **zp;
 
     ngx_conf_init_uint_value(dmcf->backend, NGX_HTTP_DSV4_BACKEND_CPU);
     ngx_conf_init_value(dmcf->backend_threads, 0);
@@ -442,6 +538,18 @@ ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf)
         dmcf->cache_write >>= 1;
     }
 
+    zp = dmcf->limit_zones.elts;
+
+    for (i = 0; i < dmcf->limit_zones.nelts; i++) {
+        if (zp[i]->redis && dmcf->redis == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"dsv4_limit_zone\" \"%V\" keeps its limits "
+                               "in redis, but no \"dsv4_redis\" is set",
+                               &zp[i]->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (dmcf->models.nelts
         && ngx_http_dsv4_metrics_init_conf(cf, dmcf) != NGX_OK)
     {
@@ -476,6 +584,13 @@ ngx_http_dsv4_create_loc_conf(ngx_conf_t *cf)
     dlcf->max_n = NGX_CONF_UNSET;
     dlcf->timeout = NGX_CONF_UNSET_MSEC;
     dlcf->retry_after = NGX_CONF_UNSET;
+    dlcf->keys = NGX_CONF_UNSET_PTR;
+    dlcf->admin_key = NGX_CONF_UNSET_PTR;
+    dlcf->limit_zone = NGX_CONF_UNSET_PTR;
+    dlcf->limit_dry_run = NGX_CONF_UNSET;
+    dlcf->limit_status = NGX_CONF_UNSET_UINT;
+    dlcf->limit_log_level = NGX_CONF_UNSET_UINT;
+    dlcf->limit_fail_closed = NGX_CONF_UNSET_UINT;
 
     return dlcf;
 }
@@ -487,7 +602,8 @@ ngx_http_dsv4_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_dsv4_loc_conf_t *prev = parent;
     ngx_http_dsv4_loc_conf_t *conf = child;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_http_dsv4_main_conf_t  *dmcf;
 
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               1024 * 1024);
@@ -496,6 +612,33 @@ ngx_http_dsv4_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->max_n, prev->max_n, 16);
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 300000);
     ngx_conf_merge_value(conf->retry_after, prev->retry_after, 1);
+
+    ngx_conf_merge_ptr_value(conf->keys, prev->keys, NULL);
+    ngx_conf_merge_ptr_value(conf->admin_key, prev->admin_key, NULL);
+
+    if (conf->limit_zone == NGX_CONF_UNSET_PTR) {
+        conf->limit_zone = prev->limit_zone == NGX_CONF_UNSET_PTR
+                           ? NULL : prev->limit_zone;
+        conf->limits = prev->limits;
+    }
+
+    ngx_conf_merge_value(conf->limit_dry_run, prev->limit_dry_run, 0);
+    ngx_conf_merge_uint_value(conf->limit_status, prev->limit_status,
+                              NGX_HTTP_TOO_MANY_REQUESTS);
+    ngx_conf_merge_uint_value(conf->limit_log_level, prev->limit_log_level,
+                              NGX_LOG_ERR);
+    ngx_conf_merge_uint_value(conf->limit_fail_closed,
+                              prev->limit_fail_closed, 0);
+
+    dmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_dsv4_module);
+
+    if (conf->keys && conf->keys->source == NGX_HTTP_DSV4_KEYS_REDIS
+        && dmcf->redis == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dsv4_keys redis\" needs \"dsv4_redis\"");
+        return NGX_CONF_ERROR;
+    }
 
 #if (NGX_THREADS)
     if (conf->thread_pool_name.data == NULL) {
@@ -509,6 +652,26 @@ ngx_http_dsv4_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->api == NGX_CONF_UNSET_UINT) {
         conf->api = NGX_HTTP_DSV4_API_NONE;
         return NGX_CONF_OK;
+    }
+
+    if ((conf->api == NGX_HTTP_DSV4_API_USAGE
+         || conf->api == NGX_HTTP_DSV4_API_USAGE_ADMIN)
+        && conf->limit_zone == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dsv4_api usage\" and \"usage_admin\" read "
+                           "the zone of \"dsv4_limit\", which is not set "
+                           "here");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->api == NGX_HTTP_DSV4_API_USAGE_ADMIN
+        && conf->admin_key == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"dsv4_api usage_admin\" needs "
+                           "\"dsv4_admin_key\"");
+        return NGX_CONF_ERROR;
     }
 
     /*
@@ -1295,6 +1458,13 @@ ngx_http_dsv4_set_sec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 static ngx_int_t
+ngx_http_dsv4_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_dsv4_add_variables(cf);
+}
+
+
+static ngx_int_t
 ngx_http_dsv4_init_process(ngx_cycle_t *cycle)
 {
     if (ngx_process != NGX_PROCESS_WORKER
@@ -1302,6 +1472,8 @@ ngx_http_dsv4_init_process(ngx_cycle_t *cycle)
     {
         return NGX_OK;
     }
+
+    ngx_http_dsv4_limit_init_process(cycle);
 
     return ngx_http_dsv4_engine_init(cycle);
 }
@@ -1313,6 +1485,7 @@ ngx_http_dsv4_exit_process(ngx_cycle_t *cycle)
     ngx_http_dsv4_main_conf_t  *dmcf;
 
     ngx_http_dsv4_engine_exit(cycle);
+    ngx_http_dsv4_limit_exit_process(cycle);
 
     dmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_dsv4_module);
 

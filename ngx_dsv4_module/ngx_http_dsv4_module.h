@@ -17,6 +17,10 @@
  *   ngx_http_dsv4_util.c       /v1/models, /health, /tokenize, /detokenize
  *   ngx_http_dsv4_metrics.c    shared-memory counters, /metrics
  *   ngx_http_dsv4_json.c       JSON string escaping for the hot path
+ *   ngx_http_dsv4_keys.c       API keys: dsv4_keys, who is calling
+ *   ngx_http_dsv4_limit.c      per-tenant limits and metering, /v1/usage,
+ *                              the $dsv4_* variables (arithmetic: limits/)
+ *   ngx_http_dsv4_redis.c      hiredis's async API on the event loop
  */
 
 #ifndef _NGX_HTTP_DSV4_MODULE_H_INCLUDED_
@@ -37,6 +41,10 @@
 #include "parse.h"
 #include "strbuf.h"
 #include "cache/cache.h"
+#include "limits/limit.h"
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
 
 
 #define NGX_HTTP_DSV4_API_NONE              0
@@ -48,6 +56,9 @@
 #define NGX_HTTP_DSV4_API_DETOKENIZE        6
 #define NGX_HTTP_DSV4_API_HEALTH            7
 #define NGX_HTTP_DSV4_API_METRICS           8
+#define NGX_HTTP_DSV4_API_USAGE             9
+#define NGX_HTTP_DSV4_API_USAGE_ADMIN       10
+#define NGX_HTTP_DSV4_API_N                 11
 
 #define NGX_HTTP_DSV4_BACKEND_CPU           0
 #define NGX_HTTP_DSV4_BACKEND_SCALAR        1
@@ -72,8 +83,133 @@
 #define NGX_HTTP_DSV4_CACHE_SCOPE_KEY       1
 
 
+#define NGX_HTTP_DSV4_KEYS_OFF              0
+#define NGX_HTTP_DSV4_KEYS_FILE             1
+#define NGX_HTTP_DSV4_KEYS_REDIS            2
+
+#define NGX_HTTP_DSV4_SCRIPT_ADMIT          0
+#define NGX_HTTP_DSV4_SCRIPT_FINISH         1
+#define NGX_HTTP_DSV4_SCRIPT_USAGE          2
+#define NGX_HTTP_DSV4_SCRIPTS               3
+
+
 typedef struct ngx_http_dsv4_ctx_s     ngx_http_dsv4_ctx_t;
 typedef struct ngx_http_dsv4_choice_s  ngx_http_dsv4_choice_t;
+typedef struct ngx_http_dsv4_lim_s     ngx_http_dsv4_lim_t;
+
+
+/* reply: owned by hiredis, valid during the call; NULL: no answer */
+typedef void (*ngx_http_dsv4_redis_handler_pt)(redisReply *reply,
+    void *data);
+
+
+/* dsv4_redis: the Redis behind keys, fleet limits and metering */
+typedef struct {
+    ngx_str_t                   addr;           /* as configured */
+    u_char                     *host;           /* IP literal, or NULL */
+    ngx_int_t                   port;
+    u_char                     *unix_path;      /* or NULL */
+    ngx_msec_t                  timeout;
+    ngx_str_t                   prefix;         /* NUL-terminated */
+    const char                 *scripts[NGX_HTTP_DSV4_SCRIPTS];
+    ngx_uint_t                  nscripts;
+
+    /* per worker, event loop only */
+    redisAsyncContext          *ac;             /* NULL: not connected */
+    ngx_uint_t                  connected;
+    ngx_uint_t                  stopping;
+    ngx_queue_t                 pending;        /* commands in flight */
+    ngx_event_t                 timer;          /* oldest command's timeout */
+    ngx_event_t                 reconnect;
+    ngx_msec_t                  backoff;
+    time_t                      warned;         /* last [warn], seconds */
+    ngx_log_t                  *log;
+    char                        sha[NGX_HTTP_DSV4_SCRIPTS][41];
+} ngx_http_dsv4_redis_t;
+
+
+/* dsv4_keys FILE, parsed once per file at configuration time */
+typedef struct {
+    ngx_uint_t                  source;         /* NGX_HTTP_DSV4_KEYS_* */
+    ngx_str_t                   file;
+    dsv4_key                   *keys;           /* sorted by digest */
+    ngx_uint_t                  nkeys;
+} ngx_http_dsv4_keys_t;
+
+
+/* One tenant's node in a limit zone (shared memory). */
+typedef struct {
+    ngx_str_node_t              sn;             /* crc32 key; str: tenant */
+    u_char                      tenant[DSV4_LIMIT_TENANT_MAX];
+    dsv4_limit_state            state;          /* shm mode's limits */
+    dsv4_meter                  meter;          /* this host's usage */
+    uint64_t                    rejected[DSV4_LIMIT_REASONS];
+} ngx_http_dsv4_tenant_t;
+
+
+typedef struct {
+    ngx_rbtree_t                rbtree;
+    ngx_rbtree_node_t           sentinel;
+    ngx_atomic_t                redis_failures;
+} ngx_http_dsv4_limit_sh_t;
+
+
+/* $dsv4_limit_status */
+#define NGX_HTTP_DSV4_LIMIT_NONE            0
+#define NGX_HTTP_DSV4_LIMIT_PASSED          1
+#define NGX_HTTP_DSV4_LIMIT_REJECTED        2
+#define NGX_HTTP_DSV4_LIMIT_REJECTED_DRY    3
+#define NGX_HTTP_DSV4_LIMIT_FAILED_OPEN     4
+
+
+
+
+#define NGX_HTTP_DSV4_COUNT_TOTAL           0
+#define NGX_HTTP_DSV4_COUNT_PROMPT          1
+#define NGX_HTTP_DSV4_COUNT_COMPLETION      2
+
+
+/* dsv4_limit_zone */
+typedef struct {
+    ngx_str_t                   name;
+    ngx_shm_zone_t             *shm_zone;
+    ngx_uint_t                  redis;          /* limits live in Redis */
+    ngx_uint_t                  count;          /* NGX_HTTP_DSV4_COUNT_* */
+    ngx_int_t                   estimate;       /* -1: max_tokens */
+    ngx_msec_t                  lease;
+    ngx_http_dsv4_limit_sh_t   *sh;
+    ngx_slab_pool_t            *shpool;
+} ngx_http_dsv4_limit_zone_t;
+
+
+/*
+ * A request's tenant and limit state.  Heap memory, not the request pool:
+ * a Redis command in flight may outlive the request, and its answer must
+ * still end the lease it was given (ngx_http_dsv4_limit.c).
+ */
+struct ngx_http_dsv4_lim_s {
+    ngx_http_request_t         *request;        /* NULL once it is gone */
+    ngx_http_dsv4_ctx_t        *ctx;
+    ngx_http_dsv4_limit_zone_t *zone;           /* NULL: no dsv4_limit */
+    ngx_http_dsv4_redis_t      *redis;          /* the zone's, or keys' */
+    dsv4_key                    key;            /* tenant, limits, models */
+    dsv4_limits                 limits;         /* effective */
+    int64_t                     cost;           /* tokens reserved */
+    dsv4_limit_verdict          verdict;
+    dsv4_limit_reservation      res;
+    char                        lease[48];      /* concurrency lease id */
+    ngx_uint_t                  status;         /* NGX_HTTP_DSV4_LIMIT_* */
+    dsv4_limit_cmd              cmd;            /* the Redis command sent */
+    ngx_uint_t                  script;         /* cmd's NGX_HTTP_DSV4_SCRIPT_* */
+    void                      (*done)(ngx_http_dsv4_lim_t *lim,
+                                      redisReply *reply);
+    unsigned                    has_key:1;      /* key.tenant is set */
+    unsigned                    pending:1;      /* Redis holds a pointer */
+    unsigned                    decided:1;      /* admission is done */
+    unsigned                    admitted:1;     /* a reservation to end */
+    unsigned                    retried:1;      /* EVAL after NOSCRIPT */
+    unsigned                    admin:1;        /* usage of every tenant */
+};
 
 
 typedef struct {
@@ -136,6 +272,11 @@ typedef struct {
 
     ngx_shm_zone_t             *shm_zone;
 
+    /* keys, limits, metering (docs/limits.md) */
+    ngx_http_dsv4_redis_t      *redis;          /* dsv4_redis, or NULL */
+    ngx_array_t                 key_files;      /* ngx_http_dsv4_keys_t * */
+    ngx_array_t                 limit_zones;    /* ngx_http_dsv4_limit_zone_t * */
+
     /* prefix cache (docs/cache.md) */
     ngx_flag_t                  cache;
     ngx_str_t                   cache_redis;    /* as configured */
@@ -173,6 +314,15 @@ typedef struct {
     ngx_int_t                   max_n;
     ngx_msec_t                  timeout;
     time_t                      retry_after;
+
+    ngx_http_dsv4_keys_t       *keys;           /* NULL: off */
+    u_char                     *admin_key;      /* 32-byte digest, or NULL */
+    ngx_shm_zone_t             *limit_zone;     /* its data: the zone; NULL: off */
+    dsv4_limits                 limits;         /* defaults for keys */
+    ngx_flag_t                  limit_dry_run;
+    ngx_uint_t                  limit_status;
+    ngx_uint_t                  limit_log_level;
+    ngx_uint_t                  limit_fail_closed;
 #if (NGX_THREADS)
     ngx_thread_pool_t          *thread_pool;
     ngx_str_t                   thread_pool_name;
@@ -288,6 +438,8 @@ struct ngx_http_dsv4_ctx_s {
     ngx_uint_t                  prompt_tokens;
     ngx_uint_t                  completion_tokens;
 
+    ngx_http_dsv4_lim_t        *lim;            /* tenant, limits; or NULL */
+
     u_char                      id[40];
     size_t                      id_len;
     time_t                      created;
@@ -322,9 +474,16 @@ double ngx_http_dsv4_now(void);
 
 /* ngx_http_dsv4_request.c */
 ngx_int_t ngx_http_dsv4_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_dsv4_start(ngx_http_request_t *r);
+void ngx_http_dsv4_run(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx);
+ngx_int_t ngx_http_dsv4_add_header(ngx_http_request_t *r, const char *key,
+    u_char *value, size_t len);
 ngx_int_t ngx_http_dsv4_send_error(ngx_http_request_t *r, ngx_uint_t api,
     ngx_uint_t status, const char *message, const char *param,
     const char *code);
+ngx_int_t ngx_http_dsv4_send_error_typed(ngx_http_request_t *r,
+    ngx_uint_t api, ngx_uint_t status, const char *type, const char *message,
+    const char *param, const char *code);
 ngx_int_t ngx_http_dsv4_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *body);
 ngx_int_t ngx_http_dsv4_send_text(ngx_http_request_t *r, ngx_uint_t status,
@@ -358,6 +517,49 @@ void ngx_http_dsv4_anthropic_event(ngx_http_dsv4_choice_t *ch,
 void ngx_http_dsv4_anthropic_choice_done(ngx_http_dsv4_choice_t *ch);
 ngx_int_t ngx_http_dsv4_anthropic_done(ngx_http_dsv4_ctx_t *ctx);
 ngx_int_t ngx_http_dsv4_anthropic_start(ngx_http_dsv4_ctx_t *ctx);
+
+/* ngx_http_dsv4_keys.c */
+char *ngx_http_dsv4_keys_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_dsv4_admin_key_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_dsv4_auth(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx);
+ngx_uint_t ngx_http_dsv4_admin(ngx_http_request_t *r);
+ngx_uint_t ngx_http_dsv4_key_allows(ngx_http_dsv4_ctx_t *ctx,
+    ngx_http_dsv4_prep_t *prep);
+
+/* ngx_http_dsv4_limit.c */
+char *ngx_http_dsv4_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_dsv4_limit_zone_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_dsv4_limit_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_dsv4_add_variables(ngx_conf_t *cf);
+ngx_http_dsv4_lim_t *ngx_http_dsv4_lim_new(ngx_http_request_t *r,
+    ngx_http_dsv4_ctx_t *ctx);
+ngx_int_t ngx_http_dsv4_limit_admit(ngx_http_request_t *r,
+    ngx_http_dsv4_ctx_t *ctx);
+void ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx);
+ngx_int_t ngx_http_dsv4_usage_handler(ngx_http_request_t *r,
+    ngx_http_dsv4_ctx_t *ctx);
+ngx_int_t ngx_http_dsv4_limit_metrics(dsv4_strbuf *b,
+    ngx_http_dsv4_main_conf_t *dmcf);
+void ngx_http_dsv4_limit_init_process(ngx_cycle_t *cycle);
+void ngx_http_dsv4_limit_exit_process(ngx_cycle_t *cycle);
+
+/* ngx_http_dsv4_redis.c */
+ngx_int_t ngx_http_dsv4_redis_parse(ngx_conf_t *cf, ngx_str_t *addr,
+    ngx_http_dsv4_redis_t *rd);
+void ngx_http_dsv4_redis_start(ngx_http_dsv4_redis_t *rd, ngx_log_t *log);
+void ngx_http_dsv4_redis_stop(ngx_http_dsv4_redis_t *rd);
+ngx_uint_t ngx_http_dsv4_redis_warn_due(ngx_http_dsv4_redis_t *rd);
+ngx_int_t ngx_http_dsv4_redis_send(ngx_http_dsv4_redis_t *rd, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_dsv4_redis_handler_pt handler, void *data);
+const char *ngx_http_dsv4_redis_sha(ngx_http_dsv4_redis_t *rd, ngx_uint_t i);
+ngx_uint_t ngx_http_dsv4_redis_noscript(ngx_http_dsv4_redis_t *rd,
+    redisReply *reply);
 
 /* ngx_http_dsv4_util.c */
 ngx_int_t ngx_http_dsv4_models_handler(ngx_http_request_t *r);

@@ -28,8 +28,8 @@ static void ngx_http_dsv4_body_handler(ngx_http_request_t *r);
 static void ngx_http_dsv4_prepare_thread(void *data, ngx_log_t *log);
 static void ngx_http_dsv4_prepare_done(ngx_event_t *ev);
 #endif
-static void ngx_http_dsv4_run(ngx_http_request_t *r,
-    ngx_http_dsv4_ctx_t *ctx);
+static ngx_http_dsv4_ctx_t *ngx_http_dsv4_ctx_new(ngx_http_request_t *r,
+    ngx_http_dsv4_loc_conf_t *dlcf);
 static ngx_int_t ngx_http_dsv4_submit(ngx_http_request_t *r,
     ngx_http_dsv4_ctx_t *ctx);
 static void ngx_http_dsv4_cleanup(void *data);
@@ -47,6 +47,90 @@ ngx_int_t
 ngx_http_dsv4_handler(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
+    ngx_http_dsv4_ctx_t       *ctx;
+    ngx_http_dsv4_loc_conf_t  *dlcf;
+
+    dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dsv4_module);
+
+    switch (dlcf->api) {
+
+    case NGX_HTTP_DSV4_API_HEALTH:
+    case NGX_HTTP_DSV4_API_METRICS:
+        return ngx_http_dsv4_simple(r, dlcf);
+
+    case NGX_HTTP_DSV4_API_USAGE:
+    case NGX_HTTP_DSV4_API_USAGE_ADMIN:
+        break;
+
+    default:
+        if (dlcf->keys == NULL && dlcf->limit_zone == NULL) {
+            return ngx_http_dsv4_start(r);
+        }
+    }
+
+    /* keys, limits or usage: the tenant is known before anything else */
+
+    ctx = ngx_http_dsv4_ctx_new(r, dlcf);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->lim = ngx_http_dsv4_lim_new(r, ctx);
+    if (ctx->lim == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_dsv4_auth(r, ctx);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    return ngx_http_dsv4_start(r);
+}
+
+
+/*
+ * The request's context, with the cleanup that frees what it holds however
+ * the request ends.
+ */
+
+static ngx_http_dsv4_ctx_t *
+ngx_http_dsv4_ctx_new(ngx_http_request_t *r, ngx_http_dsv4_loc_conf_t *dlcf)
+{
+    ngx_pool_cleanup_t   *cln;
+    ngx_http_dsv4_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dsv4_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    ctx->request = r;
+    ctx->dlcf = dlcf;
+    ctx->api = dlcf->api;
+    ctx->t_start = ngx_http_dsv4_now();
+    ctx->created = ngx_time();
+
+    cln->handler = ngx_http_dsv4_cleanup;
+    cln->data = ctx;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_dsv4_module);
+
+    return ctx;
+}
+
+
+/* The API itself, once the caller is known. */
+
+ngx_int_t
+ngx_http_dsv4_start(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
     ngx_http_dsv4_loc_conf_t  *dlcf;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dsv4_module);
@@ -54,8 +138,8 @@ ngx_http_dsv4_handler(ngx_http_request_t *r)
     switch (dlcf->api) {
 
     case NGX_HTTP_DSV4_API_MODELS:
-    case NGX_HTTP_DSV4_API_HEALTH:
-    case NGX_HTTP_DSV4_API_METRICS:
+    case NGX_HTTP_DSV4_API_USAGE:
+    case NGX_HTTP_DSV4_API_USAGE_ADMIN:
         return ngx_http_dsv4_simple(r, dlcf);
 
     default:
@@ -138,6 +222,11 @@ ngx_http_dsv4_simple(ngx_http_request_t *r, ngx_http_dsv4_loc_conf_t *dlcf)
     case NGX_HTTP_DSV4_API_HEALTH:
         return ngx_http_dsv4_health_handler(r);
 
+    case NGX_HTTP_DSV4_API_USAGE:
+    case NGX_HTTP_DSV4_API_USAGE_ADMIN:
+        return ngx_http_dsv4_usage_handler(r,
+                   ngx_http_get_module_ctx(r, ngx_http_dsv4_module));
+
     default: /* NGX_HTTP_DSV4_API_METRICS */
         return ngx_http_dsv4_metrics_handler(r);
     }
@@ -212,7 +301,6 @@ ngx_http_dsv4_body_handler(ngx_http_request_t *r)
     u_char                     *body;
     size_t                      len;
     ngx_int_t                   rc;
-    ngx_pool_cleanup_t         *cln;
     ngx_http_dsv4_ctx_t        *ctx;
     ngx_http_dsv4_prep_t       *prep;
     ngx_http_dsv4_loc_conf_t   *dlcf;
@@ -237,16 +325,14 @@ ngx_http_dsv4_body_handler(ngx_http_request_t *r)
         return;
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_dsv4_ctx_t));
-    if (ctx == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
+    ctx = ngx_http_get_module_ctx(r, ngx_http_dsv4_module);
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+    if (ctx == NULL) {
+        ctx = ngx_http_dsv4_ctx_new(r, dlcf);
+        if (ctx == NULL) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
     }
 
     prep = calloc(1, sizeof(ngx_http_dsv4_prep_t));
@@ -255,17 +341,7 @@ ngx_http_dsv4_body_handler(ngx_http_request_t *r)
         return;
     }
 
-    ctx->request = r;
-    ctx->dlcf = dlcf;
     ctx->prep = prep;
-    ctx->api = dlcf->api;
-    ctx->t_start = ngx_http_dsv4_now();
-    ctx->created = ngx_time();
-
-    cln->handler = ngx_http_dsv4_cleanup;
-    cln->data = ctx;
-
-    ngx_http_set_ctx(r, ctx, ngx_http_dsv4_module);
 
     prep->api = dlcf->api;
     prep->body = body;
@@ -360,9 +436,13 @@ ngx_http_dsv4_prepare_done(ngx_event_t *ev)
 #endif
 
 
-/* After prepare: answers errors and the utility APIs, or submits. */
+/*
+ * After prepare: answers errors, admits the request against its tenant's
+ * limits (called again when Redis has decided), then answers the utility
+ * APIs or submits.
+ */
 
-static void
+void
 ngx_http_dsv4_run(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
 {
     ngx_int_t              rc;
@@ -378,6 +458,26 @@ ngx_http_dsv4_run(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
     }
 
     ctx->model = prep->model;
+
+    if (!ngx_http_dsv4_key_allows(ctx, prep)) {
+        rc = ngx_http_dsv4_send_error(r, ctx->api, NGX_HTTP_NOT_FOUND,
+                                      "the model does not exist or you do "
+                                      "not have access to it", "model",
+                                      "model_not_found");
+        ngx_http_dsv4_finalize(ctx, rc);
+        return;
+    }
+
+    rc = ngx_http_dsv4_limit_admit(r, ctx);
+
+    if (rc == NGX_DONE) {
+        return;
+    }
+
+    if (rc != NGX_DECLINED) {
+        ngx_http_dsv4_finalize(ctx, rc);
+        return;
+    }
 
     switch (ctx->api) {
 
@@ -685,6 +785,10 @@ ngx_http_dsv4_cleanup(void *data)
         ngx_del_timer(&ctx->timer);
     }
 
+    /* first: the counts it meters still need the requests */
+
+    ngx_http_dsv4_limit_finish(ctx);
+
     for (i = 0; i < ctx->nchoices && ctx->choices; i++) {
         ch = &ctx->choices[i];
 
@@ -862,7 +966,7 @@ ngx_http_dsv4_send_json(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_dsv4_add_header(ngx_http_request_t *r, const char *key,
     u_char *value, size_t len)
 {
@@ -911,10 +1015,14 @@ ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status)
         case 400:
         case 405:
             return "invalid_request_error";
+        case 401:
+            return "authentication_error";
         case 404:
             return "not_found_error";
         case 413:
             return "request_too_large";
+        case 429:
+            return "rate_limit_error";
         case 503:
             return "overloaded_error";
         default:
@@ -924,10 +1032,13 @@ ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status)
 
     switch (status) {
     case 400:
+    case 401:
     case 404:
     case 405:
     case 413:
         return "invalid_request_error";
+    case 429:
+        return "rate_limit_error";
     case 503:
         return "service_unavailable_error";
     default:
@@ -947,6 +1058,18 @@ ngx_int_t
 ngx_http_dsv4_send_error(ngx_http_request_t *r, ngx_uint_t api,
     ngx_uint_t status, const char *message, const char *param,
     const char *code)
+{
+    return ngx_http_dsv4_send_error_typed(r, api, status, NULL, message,
+                                          param, code);
+}
+
+
+/* type: OpenAI's error type when the status alone does not say it */
+
+ngx_int_t
+ngx_http_dsv4_send_error_typed(ngx_http_request_t *r, ngx_uint_t api,
+    ngx_uint_t status, const char *type, const char *message,
+    const char *param, const char *code)
 {
     size_t                     len;
     json_t                    *body, *err, *msg;
@@ -984,7 +1107,8 @@ ngx_http_dsv4_send_error(ngx_http_request_t *r, ngx_uint_t api,
 
     } else {
         err = json_pack("{s:o,s:s,s:s?,s:s?}", "message", msg,
-                        "type", ngx_http_dsv4_error_type(api, status),
+                        "type", type ? type
+                                     : ngx_http_dsv4_error_type(api, status),
                         "param", param, "code", code);
 
         body = err ? json_pack("{s:o}", "error", err) : NULL;
