@@ -492,6 +492,8 @@ ngx_http_dsv4_admin(ngx_http_request_t *r)
 }
 
 
+/* A key's models= may name a model or any of its aliases. */
+
 ngx_uint_t
 ngx_http_dsv4_key_allows(ngx_http_dsv4_ctx_t *ctx, ngx_http_dsv4_prep_t *prep)
 {
@@ -502,5 +504,9 @@ ngx_http_dsv4_key_allows(ngx_http_dsv4_ctx_t *ctx, ngx_http_dsv4_prep_t *prep)
     }
 
     return dsv4_key_allows(&lim->key, prep->model_name,
-                           ngx_strlen(prep->model_name));
+                           ngx_strlen(prep->model_name))
+           || (prep->model != NULL
+               && dsv4_key_allows(&lim->key,
+                                  (const char *) prep->model->name.data,
+                                  prep->model->name.len));
 }

@@ -1484,8 +1484,8 @@ ngx_http_dsv4_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_dsv4_main_conf_t  *dmcf;
 
-    ngx_http_dsv4_engine_exit(cycle);
     ngx_http_dsv4_limit_exit_process(cycle);
+    ngx_http_dsv4_engine_exit(cycle);
 
     dmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_dsv4_module);
 

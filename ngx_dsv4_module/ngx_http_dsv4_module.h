@@ -18,8 +18,10 @@
  *   ngx_http_dsv4_metrics.c    shared-memory counters, /metrics
  *   ngx_http_dsv4_json.c       JSON string escaping for the hot path
  *   ngx_http_dsv4_keys.c       API keys: dsv4_keys, who is calling
- *   ngx_http_dsv4_limit.c      per-tenant limits and metering, /v1/usage,
- *                              the $dsv4_* variables (arithmetic: limits/)
+ *   ngx_http_dsv4_limit.c      per-tenant limits: admission, reconciliation
+ *                              and metering (arithmetic: limits/)
+ *   ngx_http_dsv4_usage.c      /v1/usage, the $dsv4_* variables, per-tenant
+ *                              metrics
  *   ngx_http_dsv4_redis.c      hiredis's async API on the event loop
  */
 
@@ -535,18 +537,28 @@ char *ngx_http_dsv4_limit_zone_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_dsv4_limit_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-ngx_int_t ngx_http_dsv4_add_variables(ngx_conf_t *cf);
 ngx_http_dsv4_lim_t *ngx_http_dsv4_lim_new(ngx_http_request_t *r,
     ngx_http_dsv4_ctx_t *ctx);
+void ngx_http_dsv4_lim_free(ngx_http_dsv4_lim_t *lim);
+ngx_int_t ngx_http_dsv4_lim_send(ngx_http_dsv4_lim_t *lim, ngx_uint_t script,
+    void (*done)(ngx_http_dsv4_lim_t *lim, redisReply *reply));
 ngx_int_t ngx_http_dsv4_limit_admit(ngx_http_request_t *r,
     ngx_http_dsv4_ctx_t *ctx);
 void ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx);
-ngx_int_t ngx_http_dsv4_usage_handler(ngx_http_request_t *r,
-    ngx_http_dsv4_ctx_t *ctx);
-ngx_int_t ngx_http_dsv4_limit_metrics(dsv4_strbuf *b,
-    ngx_http_dsv4_main_conf_t *dmcf);
+void ngx_http_dsv4_limit_failure(ngx_http_dsv4_lim_t *lim, const char *what,
+    const char *why);
+ngx_http_dsv4_tenant_t *ngx_http_dsv4_tenant(ngx_http_dsv4_limit_zone_t *z,
+    const char *tenant, ngx_uint_t create);
+int64_t ngx_http_dsv4_now_ms(void);
 void ngx_http_dsv4_limit_init_process(ngx_cycle_t *cycle);
 void ngx_http_dsv4_limit_exit_process(ngx_cycle_t *cycle);
+
+/* ngx_http_dsv4_usage.c */
+ngx_int_t ngx_http_dsv4_usage_handler(ngx_http_request_t *r,
+    ngx_http_dsv4_ctx_t *ctx);
+ngx_int_t ngx_http_dsv4_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_dsv4_limit_metrics(dsv4_strbuf *b,
+    ngx_http_dsv4_main_conf_t *dmcf);
 
 /* ngx_http_dsv4_redis.c */
 ngx_int_t ngx_http_dsv4_redis_parse(ngx_conf_t *cf, ngx_str_t *addr,

@@ -123,7 +123,7 @@ ngx_http_dsv4_redis_start(ngx_http_dsv4_redis_t *rd, ngx_log_t *log)
 }
 
 
-/* exit_process: pending commands are answered with NULL, then it's gone */
+/* exit_process: pending commands are dropped unanswered, then it's gone */
 
 void
 ngx_http_dsv4_redis_stop(ngx_http_dsv4_redis_t *rd)
@@ -537,7 +537,8 @@ ngx_http_dsv4_redis_queue(ngx_http_dsv4_redis_t *rd, int argc,
 /*
  * Sends a command; handler(reply, data) runs exactly once, later, with the
  * reply (owned by hiredis: valid only during the call) or NULL when Redis
- * did not answer in time or the connection was lost.  Returns NGX_DECLINED
+ * did not answer in time or the connection was lost; never while the
+ * worker exits.  Returns NGX_DECLINED
  * when there is no connection (the handler is then never called), NGX_ERROR
  * when hiredis refused the command.
  */
@@ -616,7 +617,11 @@ ngx_http_dsv4_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     ngx_queue_remove(&cmd->queue);
 
-    if (cmd->handler) {
+    if (rd->stopping) {
+
+        /* the worker exits: no request may be resumed now */
+
+    } else if (cmd->handler) {
         cmd->handler(reply, cmd->data);
 
     } else if (reply && reply->type == REDIS_REPLY_STRING

@@ -610,26 +610,32 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
     }
 
     /*
-     * dsv4_cache_scope key: the Authorization header's bearer token is the
-     * cache salt, so that only requests with the same key share cached
-     * prefixes.  The library hashes it into the chain's root key (SHA-256):
-     * the token itself is neither stored nor sent to Redis.  Requests
+     * dsv4_cache_scope key: only requests with the same key share cached
+     * prefixes.  With dsv4_keys the tenant is the scope (so that a rotated
+     * key keeps its tenant's cache); else the Authorization header's
+     * bearer token is.  The library hashes the salt into the chain's root
+     * key (SHA-256): it is neither stored nor sent to Redis.  Requests
      * without a token share the unsalted scope.
      */
 
     ngx_str_null(&salt);
 
     if (m->cache != NULL
-        && prep->dmcf->cache_scope == NGX_HTTP_DSV4_CACHE_SCOPE_KEY
-        && r->headers_in.authorization != NULL)
+        && prep->dmcf->cache_scope == NGX_HTTP_DSV4_CACHE_SCOPE_KEY)
     {
-        salt = r->headers_in.authorization->value;
+        if (ctx->lim != NULL && ctx->lim->has_key) {
+            salt.data = (u_char *) ctx->lim->key.tenant;
+            salt.len = ngx_strlen(salt.data);
 
-        if (salt.len > 7
-            && ngx_strncasecmp(salt.data, (u_char *) "Bearer ", 7) == 0)
-        {
-            salt.data += 7;
-            salt.len -= 7;
+        } else if (r->headers_in.authorization != NULL) {
+            salt = r->headers_in.authorization->value;
+
+            if (salt.len > 7
+                && ngx_strncasecmp(salt.data, (u_char *) "Bearer ", 7) == 0)
+            {
+                salt.data += 7;
+                salt.len -= 7;
+            }
         }
     }
 
