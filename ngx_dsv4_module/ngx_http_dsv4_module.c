@@ -67,7 +67,7 @@ static ngx_conf_num_bounds_t  ngx_http_dsv4_block_bounds = {
 };
 
 static ngx_conf_num_bounds_t  ngx_http_dsv4_status_bounds = {
-    NULL, 400, 599
+    ngx_conf_check_num_bounds, 400, 599
 };
 
 
