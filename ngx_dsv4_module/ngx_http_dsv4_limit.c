@@ -223,7 +223,7 @@ ngx_http_dsv4_limit_zone_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             z->estimate = ngx_atoi(value[i].data + 9, value[i].len - 9);
-            if (z->estimate == NGX_ERROR) {
+            if (z->estimate == NGX_ERROR || z->estimate > DSV4_LIMIT_COUNT_MAX) {
                 goto invalid;
             }
 
@@ -341,8 +341,10 @@ ngx_http_dsv4_limit_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 continue;
             }
 
+            /* Redis keeps counts as Lua numbers: exact below 2^53 */
+
             v = ngx_atoi(value[i].data + n, value[i].len - n);
-            if (v == NGX_ERROR) {
+            if (v == NGX_ERROR || v > DSV4_LIMIT_COUNT_MAX) {
                 goto invalid;
             }
 
