@@ -214,7 +214,8 @@ ngx_http_dsv4_admin_key_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"dsv4_admin_key\" takes the key's SHA-256 as "
-                           "64 hex digits (build/dsv4-key hash), not \"%*s...\"",
+                           "64 hex digits (build/dsv4-key hash), "
+                           "not \"%*s...\"",
                            ngx_min(value[1].len, 8), value[1].data);
         return NGX_CONF_ERROR;
     }
@@ -379,8 +380,8 @@ done:
 
 /*
  * Finds the caller's key.  Returns NGX_DECLINED (ctx->lim has the tenant,
- * or keys are off here), NGX_DONE (Redis is asked; ngx_http_dsv4_start runs when it
- * answers), or what the handler returns for a refusal already sent.
+ * or keys are off here), NGX_DONE (Redis is asked; ngx_http_dsv4_start runs
+ * when it answers), or what the handler returns for a refusal already sent.
  */
 
 ngx_int_t

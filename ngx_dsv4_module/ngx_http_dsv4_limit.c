@@ -223,7 +223,9 @@ ngx_http_dsv4_limit_zone_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             z->estimate = ngx_atoi(value[i].data + 9, value[i].len - 9);
-            if (z->estimate == NGX_ERROR || z->estimate > DSV4_LIMIT_COUNT_MAX) {
+            if (z->estimate == NGX_ERROR
+                || z->estimate > DSV4_LIMIT_COUNT_MAX)
+            {
                 goto invalid;
             }
 

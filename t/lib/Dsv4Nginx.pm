@@ -13,6 +13,13 @@ package Dsv4Nginx;
 #   is($r->{status}, 200); $r->{json}; $r->{headers}{'content-type'}
 #   $t->log_clean;                         # no [alert]/[crit]/[emerg]
 #
+# Options of new/standard besides http/server/main/workers: log_level
+# (error.log level, default info), access_log (a log_format string: the
+# requests are logged to access.log in that format; default off), and for
+# standard, api (directives added to every API location except /health and
+# /metrics, e.g. dsv4_keys + dsv4_limit).  With workers >= 1, $t->reload
+# re-reads the configuration (SIGHUP) and waits for the new workers.
+#
 # Environment: DSV4_MODULE (the .so), DSV4_T_DEMO / DSV4_T_TINY (model
 # directories; generated under DSV4_TEST_TMP when unset), DSV4_T_LEAVE=1
 # keeps the temporary directory, DSV4_T_VALGRIND=1 runs nginx under
@@ -86,6 +93,8 @@ sub new {
         server  => '',
         main    => '',
         workers => 0,        # 0: master_process off (one process)
+        log_level => 'info',
+        access_log => undef, # a log_format string: log to access.log
         %o,
     }, $class;
     push @INSTANCES, $self;
@@ -102,6 +111,7 @@ sub standard {
         . " alias=deepseek-reasoner:thinking;\n"
         . "    dsv4_model tiny $tiny tokenizer=off max_ctx=2048;\n"
         . (delete $o{http} || '');
+    my $api = delete $o{api};
     my $server = '';
     for (['/v1/chat/completions', 'chat_completions'],
          ['/v1/completions', 'completions'], ['/v1/messages', 'messages'],
@@ -109,7 +119,8 @@ sub standard {
          ['/detokenize', 'detokenize'], ['/health', 'health'],
          ['/metrics', 'metrics'])
     {
-        $server .= "        location = $_->[0] { dsv4_api $_->[1]; }\n";
+        my $extra = defined $api && $_->[1] !~ /^(health|metrics)$/ ? " $api" : '';
+        $server .= "        location = $_->[0] { dsv4_api $_->[1];$extra }\n";
     }
     $server .= delete $o{server} || '';
     return $class->new(http => $http, server => $server, %o);
@@ -130,18 +141,23 @@ sub conf_text {
         ? "master_process on;\nworker_processes $self->{workers};\n"
           . ($> == 0 ? "user root;\n" : '')
         : "master_process off;\n";
+    my $alog = 'access_log off;';
+    if (defined $self->{access_log}) {
+        (my $f = $self->{access_log}) =~ s/'/\\'/g;
+        $alog = "log_format dsv4t '$f';\n    access_log $d/access.log dsv4t;";
+    }
     return <<"EOF";
 load_module $mod;
 daemon off;
 ${proc}pid $d/nginx.pid;
-error_log $d/error.log info;
+error_log $d/error.log $self->{log_level};
 $self->{main}
 events {
     worker_connections 1024;
 }
 
 http {
-    access_log off;
+    $alog
     client_body_temp_path $d/body;
     proxy_temp_path $d/proxy;
     fastcgi_temp_path $d/fastcgi;
@@ -224,6 +240,86 @@ sub run {
     }
     diag("model not ready in time: " . $self->read_file('error.log'));
     return 0;
+}
+
+# Reloads the configuration (rewritten from the object's current fields):
+# SIGHUP to the master, then waits until the new workers run, the old ones
+# have exited (so every new connection meets the new configuration) and
+# /health answers 200.  Needs workers >= 1.  Returns 1, or 0 on a timeout
+# or a configuration the master refused (the old workers keep serving).
+sub reload {
+    my ($self, %o) = @_;
+    die "reload needs master_process on (workers >= 1)\n" unless $self->{workers};
+    my $pid = $self->{pid} or return 0;
+    $self->write_conf;
+    my $log0 = length $self->read_file('error.log');
+    my %old = map { $_ => 1 } $self->read_file('error.log') =~ /start worker process (\d+)/g;
+    my %gone;
+    kill 'HUP', $pid;
+    my $deadline = time + ($o{timeout} || 30);
+    while (time < $deadline) {
+        my $new = substr($self->read_file('error.log'), $log0);
+        if ($new =~ /\[emerg\]/) {
+            diag("reload refused: " . join("\n", grep { /\[emerg\]/ } split /\n/, $new));
+            return 0;
+        }
+        my @started = $new =~ /start worker process (\d+)/g;
+        $gone{$_} = 1 for grep { $old{$_} } $new =~ /worker process (\d+) exited/g;
+        if (@started >= $self->{workers} && keys(%gone) >= keys(%old)) {
+            while (time < $deadline) {
+                return 1 if $self->http('GET', '/health', undef, -timeout => 5)->{status} == 200;
+                sleep 0.05;
+            }
+            last;
+        }
+        sleep 0.05;
+    }
+    diag("reload: new workers not ready in time");
+    return 0;
+}
+
+# Waits until $pred->(text of the file $name) is true; returns the text, or
+# undef after $timeout seconds (default 10).
+sub wait_file {
+    my ($self, $name, $pred, $timeout) = @_;
+    my $deadline = time + ($timeout || 10);
+    while (1) {
+        my $s = $self->read_file($name);
+        return $s if $pred->($s);
+        return undef if time >= $deadline;
+        sleep 0.05;
+    }
+}
+
+# The access log (access_log option) as a list of hashes, for a format
+# written as space-separated name=value fields ("id=$http_x_id st=$status").
+sub access_entries {
+    my ($self) = @_;
+    my @out;
+    for (split /\n/, $self->read_file('access.log')) {
+        my %e = /(\w+)=(\S*)/g;
+        push @out, \%e;
+    }
+    return @out;
+}
+
+# Every file under the temporary directory (for greps).
+sub all_files {
+    my ($self) = @_;
+    my @out;
+    my @dirs = ($self->{dir});
+    while (my $d = shift @dirs) {
+        opendir my $dh, $d or next;
+        for (readdir $dh) {
+            next if $_ eq '.' || $_ eq '..';
+            my $p = "$d/$_";
+            if (-l $p) { next }
+            elsif (-d $p) { push @dirs, $p }
+            elsif (-f $p) { push @out, $p }
+        }
+        closedir $dh;
+    }
+    return @out;
 }
 
 sub read_file {
@@ -389,6 +485,44 @@ sub sse_data {
     return @out;
 }
 
+# Runs $code->($i) in $n forked children at once ($i = 0 .. $n-1) and
+# returns their results (each child's return value, any Perl data that
+# JSON::PP can encode), in $i order.  Children leave with POSIX::_exit, so
+# no END block (which would stop the servers) runs in them; a child that
+# dies returns { error => message }.
+sub parallel {
+    my ($n, $code) = @_;
+    my $dir = tempdir('dsv4-par-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    my @pids;
+    for my $i (0 .. $n - 1) {
+        my $pid = fork();
+        die "fork: $!" unless defined $pid;
+        if ($pid == 0) {
+            my $res = eval { $code->($i) };
+            $res = { error => "$@" } if $@;
+            if (open my $fh, '>', "$dir/$i.json.tmp") {
+                print $fh $JSON->encode($res);
+                close $fh;
+                rename "$dir/$i.json.tmp", "$dir/$i.json";
+            }
+            POSIX::_exit(0);
+        }
+        push @pids, $pid;
+    }
+    waitpid($_, 0) for @pids;
+    my @out;
+    for my $i (0 .. $n - 1) {
+        my $r;
+        if (open my $fh, '<', "$dir/$i.json") {
+            local $/;
+            $r = eval { $JSON->decode(<$fh>) };
+            close $fh;
+        }
+        push @out, defined $r ? $r : { error => "child $i returned nothing" };
+    }
+    return @out;
+}
+
 # A metric's value from /metrics text (first matching line).
 sub metric {
     my ($self, $name, $labels) = @_;
@@ -401,6 +535,24 @@ sub metric {
         return $v + 0;
     }
     return undef;
+}
+
+# The sum of a metric over the lines whose labels include %labels (in any
+# order); undef when no line matches.
+sub metric_sum {
+    my ($self, $name, %labels) = @_;
+    my $r = $self->http('GET', '/metrics');
+    my ($sum, $n) = (0, 0);
+    for (split /\n/, $r->{body}) {
+        next if /^#/;
+        my ($mn, $l, $v) = /^([^\s{]+)(?:\{([^}]*)\})?\s+(\S+)$/ or next;
+        next unless $mn eq $name;
+        my %have = ($l // '') =~ /(\w+)="((?:[^"\\]|\\.)*)"/g;
+        next if grep { !defined $have{$_} || $have{$_} ne $labels{$_} } keys %labels;
+        $sum += $v;
+        $n++;
+    }
+    return $n ? $sum : undef;
 }
 
 END {
