@@ -327,7 +327,7 @@ ngx_http_dsv4_auth_redis_done(redisReply *reply, void *data)
     r = lim->request;
 
     if (r == NULL) {
-        ngx_free(lim);          /* the client left while we waited */
+        ngx_http_dsv4_lim_put(lim);     /* the client left meanwhile */
         return;
     }
 

@@ -23,6 +23,7 @@
 
 
 #define NGX_HTTP_DSV4_LEASE_HOST_MAX   24
+#define NGX_HTTP_DSV4_LIMIT_WARN_EVERY 10       /* s between [warn]s */
 
 
 static ngx_int_t ngx_http_dsv4_limit_init_zone(ngx_shm_zone_t *shm_zone,
@@ -417,6 +418,9 @@ ngx_http_dsv4_limit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     z->shpool->data = z->sh;
 
+    /* a full zone is logged once per interval by us, not per allocation */
+    z->shpool->log_nomem = 0;
+
     ngx_rbtree_init(&z->sh->rbtree, &z->sh->sentinel,
                     ngx_str_rbtree_insert_value);
 
@@ -484,9 +488,10 @@ ngx_http_dsv4_tenant(ngx_http_dsv4_limit_zone_t *z, const char *tenant,
 
 
 /*
- * ctx->lim for a location with keys, limits or a usage API; NULL when none
- * applies (and on allocation failure, which the caller reports).  Freed by
- * ngx_http_dsv4_limit_finish(), or by the answer of a command in flight.
+ * ctx->lim for a location with keys, limits or a usage API (NULL on
+ * allocation failure, which the caller reports).  Two owners may hold it:
+ * the request (until ngx_http_dsv4_limit_release) and a Redis command in
+ * flight (lim->pending); the last to let go frees it (ngx_http_dsv4_lim_put).
  */
 
 ngx_http_dsv4_lim_t *
@@ -523,13 +528,11 @@ ngx_http_dsv4_lim_new(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
 
 
 void
-ngx_http_dsv4_lim_free(ngx_http_dsv4_lim_t *lim)
+ngx_http_dsv4_lim_put(ngx_http_dsv4_lim_t *lim)
 {
-    if (lim->ctx) {
-        lim->ctx->lim = NULL;
+    if (lim->request == NULL && !lim->pending) {
+        ngx_free(lim);
     }
-
-    ngx_free(lim);
 }
 
 
@@ -834,12 +837,28 @@ void
 ngx_http_dsv4_limit_failure(ngx_http_dsv4_lim_t *lim, const char *what,
     const char *why)
 {
-    (void) ngx_atomic_fetch_add(&lim->zone->sh->redis_failures, 1);
+    ngx_http_dsv4_limit_zone_t  *z = lim->zone;
 
-    if (ngx_http_dsv4_redis_warn_due(lim->redis)) {
-        ngx_log_error(NGX_LOG_WARN, lim->redis->log, 0,
-                      "dsv4: limits: redis %V: %s failed (%s)",
-                      &lim->redis->addr, what, why);
+    (void) ngx_atomic_fetch_add(z->redis ? &z->sh->redis_failures
+                                         : &z->sh->zone_full, 1);
+
+    /* one [warn] per interval per worker, not one per request */
+
+    if (ngx_time() - z->warned < NGX_HTTP_DSV4_LIMIT_WARN_EVERY) {
+        return;
+    }
+
+    z->warned = ngx_time();
+
+    if (z->redis) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "dsv4: limit zone \"%V\": redis %V: %s failed (%s)",
+                      &z->name, &lim->redis->addr, what, why);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "dsv4: limit zone \"%V\": %s failed (%s)",
+                      &z->name, what, why);
     }
 }
 
@@ -910,11 +929,9 @@ ngx_http_dsv4_limit_admit_done(ngx_http_dsv4_lim_t *lim, redisReply *reply)
             lim->admitted = 1;
             ngx_memzero(&none, sizeof(dsv4_usage));
             ngx_http_dsv4_limit_end(lim, &none, 0);
-
-        } else {
-            ngx_http_dsv4_lim_free(lim);
         }
 
+        ngx_http_dsv4_lim_put(lim);
         return;
     }
 
@@ -998,7 +1015,9 @@ ngx_http_dsv4_limit_admit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
         ngx_shmtx_unlock(&z->shpool->mutex);
 
         if (t == NULL) {
-            return ngx_http_dsv4_limit_failed(r, ctx, "the zone is full");
+            return ngx_http_dsv4_limit_failed(r, ctx,
+                                              "the zone is full: "
+                                              "no room for a new tenant");
         }
 
         return ngx_http_dsv4_limit_decide(r, ctx);
@@ -1044,14 +1063,14 @@ ngx_http_dsv4_limit_finish_done(ngx_http_dsv4_lim_t *lim, redisReply *reply)
         ngx_http_dsv4_limit_failure(lim, "metering", err);
     }
 
-    ngx_http_dsv4_lim_free(lim);
+    ngx_http_dsv4_lim_put(lim);
 }
 
 
 /*
  * Corrects the reservation to `used` tokens and meters *u: in the zone
- * (shm mode; this host's counters in both modes) and in Redis.  Frees lim,
- * now or when Redis answers.
+ * (shm mode; this host's counters in both modes) and in Redis, without
+ * waiting for its answer.
  */
 
 static void
@@ -1082,7 +1101,6 @@ ngx_http_dsv4_limit_end(ngx_http_dsv4_lim_t *lim, const dsv4_usage *u,
     ngx_shmtx_unlock(&z->shpool->mutex);
 
     if (!z->redis || (!lim->admitted && u->requests == 0)) {
-        ngx_http_dsv4_lim_free(lim);
         return;
     }
 
@@ -1098,15 +1116,17 @@ ngx_http_dsv4_limit_end(ngx_http_dsv4_lim_t *lim, const dsv4_usage *u,
            != NGX_OK)
     {
         ngx_http_dsv4_limit_failure(lim, "metering", "not connected");
-        ngx_http_dsv4_lim_free(lim);
     }
 }
 
 
 /*
- * The request's pool is going away (ngx_http_dsv4_cleanup): whatever
- * happened, correct the reservation to what was used and meter it.  A
- * stream the client cut is charged for the tokens generated until then.
+ * The request is over for the engine (its last choice finished) or going
+ * away: correct the reservation to what was used, meter it, and end the
+ * concurrency lease, once.  Called before the last byte is sent, so that a
+ * client that sends its next request on the answer finds its lease free
+ * (the Redis command is written first); a stream the client cut is charged
+ * for the tokens generated until then.
  */
 
 void
@@ -1119,22 +1139,11 @@ ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx)
 
     lim = ctx->lim;
 
-    if (lim == NULL) {
-        return;
+    if (lim == NULL || lim->zone == NULL || lim->finished || lim->pending) {
+        return;         /* a pending admission's answer ends its lease */
     }
 
-    ctx->lim = NULL;
-    lim->ctx = NULL;
-    lim->request = NULL;
-
-    if (lim->pending) {
-        return;         /* the answer ends it */
-    }
-
-    if (lim->zone == NULL) {
-        ngx_http_dsv4_lim_free(lim);
-        return;
-    }
+    lim->finished = 1;
 
     ngx_memzero(&u, sizeof(dsv4_usage));
 
@@ -1162,6 +1171,29 @@ ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx)
     }
 
     ngx_http_dsv4_limit_end(lim, &u, used);
+}
+
+
+/* The request's pool is going away (ngx_http_dsv4_cleanup). */
+
+void
+ngx_http_dsv4_limit_release(ngx_http_dsv4_ctx_t *ctx)
+{
+    ngx_http_dsv4_lim_t  *lim;
+
+    lim = ctx->lim;
+
+    if (lim == NULL) {
+        return;
+    }
+
+    ngx_http_dsv4_limit_finish(ctx);
+
+    ctx->lim = NULL;
+    lim->ctx = NULL;
+    lim->request = NULL;
+
+    ngx_http_dsv4_lim_put(lim);
 }
 
 

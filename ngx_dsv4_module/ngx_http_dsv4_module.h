@@ -153,6 +153,7 @@ typedef struct {
     ngx_rbtree_t                rbtree;
     ngx_rbtree_node_t           sentinel;
     ngx_atomic_t                redis_failures;
+    ngx_atomic_t                zone_full;      /* tenants refused a node */
 } ngx_http_dsv4_limit_sh_t;
 
 
@@ -181,6 +182,7 @@ typedef struct {
     ngx_msec_t                  lease;
     ngx_http_dsv4_limit_sh_t   *sh;
     ngx_slab_pool_t            *shpool;
+    time_t                      warned;         /* per worker: last [warn] */
 } ngx_http_dsv4_limit_zone_t;
 
 
@@ -209,6 +211,7 @@ struct ngx_http_dsv4_lim_s {
     unsigned                    pending:1;      /* Redis holds a pointer */
     unsigned                    decided:1;      /* admission is done */
     unsigned                    admitted:1;     /* a reservation to end */
+    unsigned                    finished:1;     /* reconciled and metered */
     unsigned                    retried:1;      /* EVAL after NOSCRIPT */
     unsigned                    admin:1;        /* usage of every tenant */
 };
@@ -539,12 +542,13 @@ char *ngx_http_dsv4_limit_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_http_dsv4_lim_t *ngx_http_dsv4_lim_new(ngx_http_request_t *r,
     ngx_http_dsv4_ctx_t *ctx);
-void ngx_http_dsv4_lim_free(ngx_http_dsv4_lim_t *lim);
+void ngx_http_dsv4_lim_put(ngx_http_dsv4_lim_t *lim);
 ngx_int_t ngx_http_dsv4_lim_send(ngx_http_dsv4_lim_t *lim, ngx_uint_t script,
     void (*done)(ngx_http_dsv4_lim_t *lim, redisReply *reply));
 ngx_int_t ngx_http_dsv4_limit_admit(ngx_http_request_t *r,
     ngx_http_dsv4_ctx_t *ctx);
 void ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx);
+void ngx_http_dsv4_limit_release(ngx_http_dsv4_ctx_t *ctx);
 void ngx_http_dsv4_limit_failure(ngx_http_dsv4_lim_t *lim, const char *what,
     const char *why);
 ngx_http_dsv4_tenant_t *ngx_http_dsv4_tenant(ngx_http_dsv4_limit_zone_t *z,

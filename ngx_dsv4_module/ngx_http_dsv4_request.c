@@ -793,7 +793,7 @@ ngx_http_dsv4_cleanup(void *data)
 
     /* first: the counts it meters still need the requests */
 
-    ngx_http_dsv4_limit_finish(ctx);
+    ngx_http_dsv4_limit_release(ctx);
 
     for (i = 0; i < ctx->nchoices && ctx->choices; i++) {
         ch = &ctx->choices[i];
@@ -1530,6 +1530,8 @@ ngx_http_dsv4_choice_ready(ngx_http_dsv4_choice_t *ch)
     }
 
     if (ctx->ndone == ctx->nchoices) {
+        ngx_http_dsv4_limit_finish(ctx);
+
         if (ctx->api == NGX_HTTP_DSV4_API_MESSAGES) {
             ngx_http_dsv4_finalize(ctx, ngx_http_dsv4_anthropic_done(ctx));
 

@@ -131,7 +131,7 @@ ngx_http_dsv4_usage_done(ngx_http_dsv4_lim_t *lim, redisReply *reply)
     r = lim->request;
 
     if (r == NULL) {
-        ngx_http_dsv4_lim_free(lim);
+        ngx_http_dsv4_lim_put(lim);
         return;
     }
 
@@ -557,20 +557,31 @@ ngx_http_dsv4_limit_metrics(dsv4_strbuf *b, ngx_http_dsv4_main_conf_t *dmcf)
         return -1;
     }
 
-    ngx_http_dsv4_emit(b, "# HELP dsv4:limit_redis_failures_total Limit, "
-                          "metering and usage commands Redis did not "
-                          "answer (fail open or closed applied)\n"
-                          "# TYPE dsv4:limit_redis_failures_total counter\n");
-
     zp = dmcf->limit_zones.elts;
 
-    for (i = 0; i < dmcf->limit_zones.nelts; i++) {
-        z = zp[i];
+    for (k = 0; k < 2; k++) {
+        ngx_http_dsv4_emit(b, "# HELP dsv4:%s %s\n# TYPE dsv4:%s counter\n",
+                           k ? "limit_zone_full_total"
+                             : "limit_redis_failures_total",
+                           k ? "Requests of tenants that found no room in "
+                               "the zone (fail open or closed applied)"
+                             : "Limit, metering and usage commands Redis "
+                               "did not answer (fail open or closed "
+                               "applied)",
+                           k ? "limit_zone_full_total"
+                             : "limit_redis_failures_total");
 
-        ngx_http_dsv4_emit(b,
-            "dsv4:limit_redis_failures_total{zone=\"%.*s\"} %lu\n",
-            (int) z->name.len, z->name.data,
-            z->sh ? (unsigned long) z->sh->redis_failures : 0UL);
+        for (i = 0; i < dmcf->limit_zones.nelts; i++) {
+            z = zp[i];
+
+            ngx_http_dsv4_emit(b, "dsv4:%s{zone=\"%.*s\"} %lu\n",
+                               k ? "limit_zone_full_total"
+                                 : "limit_redis_failures_total",
+                               (int) z->name.len, z->name.data,
+                               z->sh == NULL ? 0UL
+                               : (unsigned long) (k ? z->sh->zone_full
+                                                    : z->sh->redis_failures));
+        }
     }
 
     return 0;
