@@ -1116,7 +1116,12 @@ ngx_http_dsv4_limit_end(ngx_http_dsv4_lim_t *lim, const dsv4_usage *u,
            != NGX_OK)
     {
         ngx_http_dsv4_limit_failure(lim, "metering", "not connected");
+        return;
     }
+
+    /* the lease must be free before the client has the answer */
+
+    ngx_http_dsv4_redis_flush(lim->redis);
 }
 
 

@@ -120,6 +120,7 @@ typedef struct {
     redisAsyncContext          *ac;             /* NULL: not connected */
     ngx_uint_t                  connected;
     ngx_uint_t                  stopping;
+    ngx_uint_t                  in_callback;    /* a reply handler runs */
     ngx_queue_t                 pending;        /* commands in flight */
     ngx_event_t                 timer;          /* oldest command's timeout */
     ngx_event_t                 reconnect;
@@ -573,6 +574,7 @@ ngx_uint_t ngx_http_dsv4_redis_warn_due(ngx_http_dsv4_redis_t *rd);
 ngx_int_t ngx_http_dsv4_redis_send(ngx_http_dsv4_redis_t *rd, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_dsv4_redis_handler_pt handler, void *data);
+void ngx_http_dsv4_redis_flush(ngx_http_dsv4_redis_t *rd);
 const char *ngx_http_dsv4_redis_sha(ngx_http_dsv4_redis_t *rd, ngx_uint_t i);
 ngx_uint_t ngx_http_dsv4_redis_noscript(ngx_http_dsv4_redis_t *rd,
     redisReply *reply);

@@ -556,6 +556,23 @@ ngx_http_dsv4_redis_send(ngx_http_dsv4_redis_t *rd, int argc,
 }
 
 
+/*
+ * Writes the queued commands now instead of on the next write event: for a
+ * command whose effect must reach Redis before the client, answered next,
+ * can send another request (to this or another server).  Not from inside a
+ * reply handler (hiredis is reading then; the write event follows anyway).
+ * A failed write drops the connection: pending handlers run from here.
+ */
+
+void
+ngx_http_dsv4_redis_flush(ngx_http_dsv4_redis_t *rd)
+{
+    if (rd->ac != NULL && rd->connected && !rd->in_callback) {
+        redisAsyncHandleWrite(rd->ac);
+    }
+}
+
+
 /* script i's SHA-1 once SCRIPT LOAD answered on this connection, or NULL */
 
 const char *
@@ -622,7 +639,9 @@ ngx_http_dsv4_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
         /* the worker exits: no request may be resumed now */
 
     } else if (cmd->handler) {
+        rd->in_callback = 1;
         cmd->handler(reply, cmd->data);
+        rd->in_callback = 0;
 
     } else if (reply && reply->type == REDIS_REPLY_STRING
                && reply->len == 40)
