@@ -20,8 +20,11 @@
  *   rpm, tpm   hash second -> count, one field per charged second still in
  *              the window (stale fields are deleted by the next charge)
  *   conc       zset lease id -> expiry ms
- *   d:, m:     hash "budget" (tokens charged to the daily / monthly budget)
- *              and the dsv4_usage fields
+ *   d:, m:     hash "budget" (tokens charged to the daily / monthly budget),
+ *              "metered" (1 once the tenant was metered in the period) and
+ *              the dsv4_usage fields that are not 0
+ * A key's TTL is set when it is created (a window's on each new second), not
+ * on every write: fewer commands per request.
  * TTLs: windows 120 s; conc at least the longest lease; days 3 days; months
  * 93 days; the tenants sets likewise.
  *
@@ -141,8 +144,10 @@ const char dsv4_limit_lua_admit[] =
     "  for i, t in ipairs(stale) do w[t] = nil; stale[i] = int(t) end\n"
     "  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end\n"
     "  w[e] = (w[e] or 0) + cost\n"
-    "  redis.call('HINCRBY', key, int(e), int(cost))\n"
-    "  redis.call('EXPIRE', key, TTL_WINDOW)\n"
+    /* a second's first charge: its TTL outlives the window from now on */
+    "  if redis.call('HINCRBY', key, int(e), int(cost)) == cost then\n"
+    "    redis.call('EXPIRE', key, TTL_WINDOW)\n"
+    "  end\n"
     "end\n"
     "local function report(w, e, now, limit, used)\n"
     "  local rem, reset = 0, 0\n"
@@ -209,10 +214,12 @@ const char dsv4_limit_lua_admit[] =
     "  ru, tu = ru + 1, tu + tokens\n"
     "  redis.call('ZADD', ck, int(now + lease_ms), lease)\n"
     "  if redis.call('PTTL', ck) < lease_ms then redis.call('PEXPIRE', ck, int(lease_ms)) end\n"
-    "  redis.call('HINCRBY', dk, BUDGET, int(tokens))\n"
-    "  redis.call('EXPIRE', dk, TTL_DAY)\n"
-    "  redis.call('HINCRBY', mk, BUDGET, int(tokens))\n"
-    "  redis.call('EXPIRE', mk, TTL_MONTH)\n"
+    "  if redis.call('HINCRBY', dk, BUDGET, int(tokens)) == tokens then\n"
+    "    redis.call('EXPIRE', dk, TTL_DAY)\n"
+    "  end\n"
+    "  if redis.call('HINCRBY', mk, BUDGET, int(tokens)) == tokens then\n"
+    "    redis.call('EXPIRE', mk, TTL_MONTH)\n"
+    "  end\n"
     "  local t = now\n"
     "  if te ~= now_s then t = te * 1000 end\n"
     "  res = {t, tokens, day, month}\n"
@@ -225,9 +232,10 @@ const char dsv4_limit_lua_admit[] =
 const char dsv4_limit_lua_finish[] =
     DSV4_LUA_COMMON
     "local function correct(key, delta, ttl)\n"
-    "  local b = tonumber(redis.call('HGET', key, BUDGET) or '0')\n"
-    "  redis.call('HSET', key, BUDGET, int(math.max(0, b + delta)))\n"
-    "  redis.call('EXPIRE', key, ttl)\n"
+    "  if delta == 0 then return end\n"
+    "  local b = redis.call('HINCRBY', key, BUDGET, int(delta))\n"
+    "  if b < 0 then redis.call('HSET', key, BUDGET, '0') end\n"
+    "  if b == delta then redis.call('EXPIRE', key, ttl) end\n"
     "end\n"
     "local base, prefix, tenant = KEYS[1], ARGV[1], ARGV[2]\n"
     "local now = clock(ARGV[3])\n"
@@ -250,18 +258,24 @@ const char dsv4_limit_lua_finish[] =
     "  redis.call('ZREM', base .. 'conc', ARGV[10])\n"
     "  mday, mmonth = rday, rmonth\n"
     "end\n"
-    "local dk, mk = base .. 'd:' .. int(mday), base .. 'm:' .. int(mmonth)\n"
-    "for i = 1, #FIELDS do\n"
-    "  redis.call('HINCRBY', dk, FIELDS[i], ARGV[10 + i])\n"
-    "  redis.call('HINCRBY', mk, FIELDS[i], ARGV[10 + i])\n"
+    /* zero fields are not written (reads take a missing field as 0); a
+     * period's first metering of the tenant sets TTLs and the tenants set */
+    "local function meter(key, set, ttl)\n"
+    "  local first = redis.call('HSETNX', key, 'metered', '1') == 1\n"
+    "  for i = 1, #FIELDS do\n"
+    "    if ARGV[10 + i] ~= '0' then\n"
+    "      redis.call('HINCRBY', key, FIELDS[i], ARGV[10 + i])\n"
+    "    end\n"
+    "  end\n"
+    "  if first then\n"
+    "    redis.call('EXPIRE', key, ttl)\n"
+    "    if redis.call('SADD', set, tenant) == 1 then\n"
+    "      redis.call('EXPIRE', set, ttl)\n"
+    "    end\n"
+    "  end\n"
     "end\n"
-    "redis.call('EXPIRE', dk, TTL_DAY)\n"
-    "redis.call('EXPIRE', mk, TTL_MONTH)\n"
-    "local sd, sm = prefix .. 'tenants:d:' .. int(mday), prefix .. 'tenants:m:' .. int(mmonth)\n"
-    "redis.call('SADD', sd, tenant)\n"
-    "redis.call('EXPIRE', sd, TTL_DAY)\n"
-    "redis.call('SADD', sm, tenant)\n"
-    "redis.call('EXPIRE', sm, TTL_MONTH)\n"
+    "meter(base .. 'd:' .. int(mday), prefix .. 'tenants:d:' .. int(mday), TTL_DAY)\n"
+    "meter(base .. 'm:' .. int(mmonth), prefix .. 'tenants:m:' .. int(mmonth), TTL_MONTH)\n"
     "return redis.status_reply('OK')\n";
 
 const char dsv4_limit_lua_usage[] =
