@@ -303,6 +303,23 @@ sub access_entries {
     return @out;
 }
 
+# The access-log entries of the requests tagged id=ID (an "id=$http_x_..."
+# field) on any of the instances, as { ID => entry }, once every one of
+# @ids is logged (nginx may log a request after the client saw the end of
+# the response: lingering close), or after $timeout seconds (default 10).
+sub logged_ids {
+    my ($instances, $ids, $timeout) = @_;
+    my $deadline = time + ($timeout || 10);
+    my %by;
+    while (1) {
+        %by = map { (defined $_->{id} ? ($_->{id} => $_) : ()) }
+              map { $_->access_entries } @$instances;
+        return \%by if !grep { !$by{$_} } @$ids;
+        return \%by if time >= $deadline;
+        sleep 0.05;
+    }
+}
+
 # Every file under the temporary directory (for greps).
 sub all_files {
     my ($self) = @_;
