@@ -88,6 +88,7 @@ struct dsv4_sched {
     int               nrunning;
     dsv4_request     *ready_head, *ready_tail;
     int               efd;
+    int               wake;            /* ready list grew since the last eventfd write */
     int               stop;
     dsv4_engine      *engines;
     dsv4_sched_stats  stats;
@@ -177,6 +178,7 @@ dsv4_request_release(dsv4_request *r)
 }
 
 static void dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r);
+static void dsv4_sched_wake(dsv4_sched *s);
 
 void
 dsv4_request_cancel(dsv4_request *r)
@@ -205,6 +207,7 @@ dsv4_request_cancel(dsv4_request *r)
         r->finish = DSV4_FINISH_CANCELLED;
         pthread_mutex_unlock(&r->mu);
         dsv4_sched_mark_ready(s, r);
+        dsv4_sched_wake(s);
         atomic_fetch_sub(&r->refs, 1);   /* the queue's ref; the caller still holds one */
     }
     pthread_cond_broadcast(&s->cv);
@@ -269,12 +272,11 @@ dsv4_request_data(dsv4_request *r)
 
 /* ---- mailbox and ready list ------------------------------------------- */
 
-/* Queues r on the ready list (once) and wakes the caller.  sched->mu held. */
+/* Queues r on the ready list (once); dsv4_sched_wake() tells the caller.
+ * sched->mu held. */
 static void
 dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r)
 {
-    uint64_t one = 1;
-
     if (r->in_ready) {
         return;
     }
@@ -287,6 +289,22 @@ dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r)
         s->ready_head = r;
     }
     s->ready_tail = r;
+    s->wake = 1;
+}
+
+/* One eventfd write for everything marked since the last one: an engine
+ * step wakes the caller once for its whole batch, not once per sequence
+ * (each early wake-up would cost the caller a drain for a single token).
+ * sched->mu held. */
+static void
+dsv4_sched_wake(dsv4_sched *s)
+{
+    uint64_t one = 1;
+
+    if (!s->wake) {
+        return;
+    }
+    s->wake = 0;
     /* a full counter (EAGAIN) still leaves the fd readable, so the result
      * needs no handling */
     ssize_t n = write(s->efd, &one, sizeof(one));
@@ -566,14 +584,19 @@ dsv4_engine_main(void *arg)
             break;
         }
         dsv4_engine_admit(e);
+        dsv4_sched_wake(s);             /* admissions that failed */
         pthread_mutex_unlock(&s->mu);
         dsv4_engine_step(e);
         pthread_mutex_lock(&s->mu);
+        dsv4_sched_wake(s);             /* the step's tokens and finishes */
     }
     pthread_mutex_unlock(&s->mu);
     while (e->nrunning > 0) {
         dsv4_engine_finish(e, e->nrunning - 1, DSV4_FINISH_CANCELLED, NULL);
     }
+    pthread_mutex_lock(&s->mu);
+    dsv4_sched_wake(s);
+    pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 

@@ -296,6 +296,7 @@ struct ngx_http_dsv4_ctx_s {
     ngx_event_t                 timer;          /* engine idle timeout */
 
     dsv4_strbuf                 out;            /* SSE being composed */
+    ngx_str_t                   chunk_head;     /* openai: chunk prefix */
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
 
