@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cache/cache.h"
+#include "constrain.h"
 #include "sched.h"
 #include "util.h"
 
@@ -140,6 +141,7 @@ dsv4_request_new(const dsv4_request_params *p, char *err, size_t errlen)
     atomic_init(&r->refs, 1);
     atomic_init(&r->cancelled, 0);
     r->p = *p;
+    r->p.constraint = NULL;         /* the caller's until this succeeds */
     r->prompt = dsv4_dup(p->prompt, (size_t) p->n_prompt * sizeof(int32_t));
     r->stop_ids = dsv4_dup(p->stop_ids, (size_t) p->n_stop * sizeof(int32_t));
     r->bias_ids = dsv4_dup(p->sample.bias_ids, (size_t) p->sample.n_bias * sizeof(int32_t));
@@ -153,6 +155,7 @@ dsv4_request_new(const dsv4_request_params *p, char *err, size_t errlen)
     r->p.stop_ids = r->stop_ids;
     r->p.sample.bias_ids = r->bias_ids;
     r->p.sample.bias_values = r->bias_values;
+    r->p.constraint = p->constraint;
     return r;
 }
 
@@ -164,6 +167,7 @@ dsv4_request_release(dsv4_request *r)
     }
     dsv4_seq_free(r->seq);
     dsv4_sampler_free(r->sampler);
+    dsv4_constraint_free(r->p.constraint);
     free(r->prompt);
     free(r->stop_ids);
     free(r->bias_ids);
@@ -399,6 +403,8 @@ dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
     r->seq = NULL;
     dsv4_sampler_free(r->sampler);
     r->sampler = NULL;
+    dsv4_constraint_free(r->p.constraint);
+    r->p.constraint = NULL;
     e->running[i] = e->running[--e->nrunning];
     pthread_mutex_lock(&s->mu);
     s->nrunning--;
@@ -460,9 +466,18 @@ dsv4_engine_sample(dsv4_engine *e, int i, float *lg)
     dsv4_sample_logprobs lp = { DSV4_LOGPROBS_RAW, r->p.logprobs, e->top, 0.0f, 0 };
     int32_t              tok;
 
+    /* the mask depends on this sequence's own output only: batch invariant */
+    if (r->p.constraint != NULL && dsv4_constraint_mask(r->p.constraint, lg) == 0) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "the output grammar allows no token");
+        return;
+    }
     tok = dsv4_sampler_sample_logprobs(r->sampler, lg, &lp);
     if (tok < 0) {
         dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "no token has a finite logit");
+        return;
+    }
+    if (r->p.constraint != NULL && dsv4_constraint_accept(r->p.constraint, tok) != 0) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "the token breaks the output grammar");
         return;
     }
     if (dsv4_post_token(r, tok, &lp) != 0) {

@@ -36,6 +36,7 @@
 #include "chat.h"
 #include "parse.h"
 #include "strbuf.h"
+#include "constrain.h"
 #include "cache/cache.h"
 
 
@@ -105,6 +106,7 @@ typedef struct {
     char                        error[256];
     dsv4_model                 *model;
     dsv4_tokenizer             *tok;
+    dsv4_vocab_index           *vocab_index;    /* constrained decoding */
     dsv4_sched                 *sched;
     dsv4_cache                 *cache;          /* prefix cache, or NULL */
     ngx_msec_t                  cache_stats_time;   /* last copied to shm */
@@ -223,6 +225,7 @@ typedef struct {
     ngx_uint_t                  thinking_mode;
     ngx_uint_t                  tools;          /* parse DSML */
     ngx_uint_t                  tool_choice_none;
+    dsv4_grammar               *grammar;        /* constrained output */
     char                       *stop[NGX_HTTP_DSV4_MAX_STOP];
     ngx_uint_t                  nstop;
     ngx_uint_t                  add_special;    /* /tokenize */
