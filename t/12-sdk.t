@@ -31,7 +31,7 @@ for (@out) {
         diag($_);
     }
 }
-cmp_ok($n, '>=', 17, 'every client check ran');
+cmp_ok($n, '>=', 25, 'every client check ran');
 
 $t->finish;
 done_testing;
