@@ -27,6 +27,7 @@ static int                   vocab;
 static int32_t               eos;
 static double                mask_s;
 static long                  masks;
+static uint64_t              nseeds = 12;   /* argv[1]: fewer under valgrind */
 
 static const char *tools_json =
     "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":"
@@ -122,7 +123,7 @@ test_tool_calls(void)
     int          seen_time = 0, seen_weather = 0;
 
     for (int think = 0; think < 2; think++) {
-        for (uint64_t seed = 1; seed <= 12; seed++) {
+        for (uint64_t seed = 1; seed <= nseeds; seed++) {
             const char      *only = seed % 3 == 0 ? "get_weather" : NULL;
             dsv4_grammar    *g = dsv4_grammar_tool_call(tools, only, think, err, sizeof(err));
             dsv4_constraint *c = g ? dsv4_constraint_new(g, vi, eos) : NULL;
@@ -168,8 +169,8 @@ test_tool_calls(void)
             dsv4_constraint_free(c);
         }
     }
-    TEST_CHECK(seen_time > 0 && seen_weather > 0, "both functions chosen: %d %d", seen_time,
-               seen_weather);
+    TEST_CHECK(seen_weather > 0 && (seen_time > 0 || nseeds < 12), "both functions chosen: %d %d",
+               seen_time, seen_weather);
 
     TEST_CHECK(dsv4_grammar_tool_call(tools, "nope", 0, err, sizeof(err)) == NULL
                && strstr(err, "nope") != NULL, "unknown function named: %s", err);
@@ -193,7 +194,7 @@ test_json(void)
     dsv4_strbuf  out = DSV4_STRBUF_INIT;
     char         err[256];
 
-    for (uint64_t seed = 1; seed <= 16; seed++) {
+    for (uint64_t seed = 1; seed <= nseeds + 4; seed++) {
         int              typed = seed % 2 == 0;
         dsv4_grammar    *g = dsv4_grammar_json(typed ? schema : NULL, seed % 4 == 1, err,
                                                sizeof(err));
@@ -314,9 +315,11 @@ test_bytes(void)
 }
 
 int
-main(void)
+main(int argc, char **argv)
 {
     dsv4_tokenizer *t = fixture_v4();
+
+    if (argc > 1) nseeds = (uint64_t) strtoul(argv[1], NULL, 10);
 
     tok = t;
     vocab = dsv4_tokenizer_n_ids(t) + 7;        /* padded like a model's embedding */
