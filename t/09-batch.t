@@ -16,6 +16,7 @@ use Dsv4Nginx qw(sse_data);
 my $N = 16;
 my $t = Dsv4Nginx->standard(http => "    dsv4_max_seqs 16;\n    dsv4_engine_threads 1;\n");
 ok($t->run, 'nginx starts');
+my $S = Dsv4Nginx::time_scale();      # 1, except under valgrind
 my $json = Dsv4Nginx::json();
 
 # every fourth request is constrained (a forced tool call, sampled): the
@@ -50,7 +51,7 @@ sub text_of {
 my @alone;
 for my $i (1 .. $N) {
     my $s = $t->start('POST', '/v1/chat/completions', body($i), 'Content-Type' => 'application/json');
-    push @alone, text_of($t->read_until($s, sub { $_[0] =~ /\[DONE\]/ }, 30));
+    push @alone, text_of($t->read_until($s, sub { $_[0] =~ /\[DONE\]/ }, 30 * $S));
     close $s;
 }
 is(scalar(grep { defined } @alone), $N, "$N requests alone complete");
@@ -70,7 +71,7 @@ for my $i (1 .. $N) {
 my $sel = IO::Select->new(values %sock);
 my %by_fd = map { fileno($sock{$_}) => $_ } keys %sock;
 my $max_running = 0;
-my $deadline = time + 60;
+my $deadline = time + 60 * $S;
 my $last_poll = 0;
 while ($sel->count && time < $deadline) {
     if (time - $last_poll > 0.02) {
