@@ -131,7 +131,9 @@ push(const dsv4_grammar *g, state *st, int k)
     memset(f, 0, sizeof(*f));
     f->node = k;
     if (g->nodes[k].kind == N_CHOICE) {
-        f->mask = g->nodes[k].len == DSV4_GRAMMAR_MAX_ALTS ? ~0ULL : (1ULL << g->nodes[k].len) - 1;
+        int n = g->nodes[k].len;
+
+        f->mask = n == DSV4_GRAMMAR_MAX_ALTS ? ~0ULL : (1ULL << n) - 1;
     }
     return 0;
 }
