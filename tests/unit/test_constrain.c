@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "../test.h"
+#include "chat.h"
 #include "constrain.h"
 #include "parse.h"
 #include "strbuf.h"
@@ -216,15 +217,16 @@ test_json(void)
         TEST_CHECK(steps > 0 && steps < 600 && json_is_object(v),
                    "seed %d: a JSON object in %d tokens: %s", (int) seed, steps, text);
         if (typed && v != NULL) {
-            json_t *pet = json_object_get(v, "pet"), *kind = json_object_get(pet, "kind");
+            json_t     *pet = json_object_get(v, "pet"), *kind = json_object_get(pet, "kind");
+            const char *ks = json_string_value(kind);
 
             TEST_CHECK(json_is_string(json_object_get(v, "name"))
                        && json_is_integer(json_object_get(v, "age"))
                        && json_is_number(json_object_get(v, "score"))
                        && json_is_array(json_object_get(v, "tags"))
                        && json_is_null(json_object_get(v, "none"))
-                       && (json_equal(kind, json_string("cat")) || json_equal(kind, json_string("dog"))
-                           || json_equal(kind, json_integer(1))),
+                       && (json_integer_value(kind) == 1
+                           || (ks && (strcmp(ks, "cat") == 0 || strcmp(ks, "dog") == 0))),
                        "seed %d: schema types: %s", (int) seed, text);
         }
         json_decref(v);
@@ -265,7 +267,8 @@ test_bytes(void)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         c = dsv4_constraint_new(g, vi, eos);
         int rc = dsv4_constraint_feed(c, cases[i].s, strlen(cases[i].s));
-        TEST_CHECK((rc == 0) == cases[i].ok && (rc != 0 || dsv4_constraint_done(c) == cases[i].done),
+        TEST_CHECK((rc == 0) == cases[i].ok
+                   && (rc != 0 || dsv4_constraint_done(c) == cases[i].done),
                    "json %s: rc %d done %d", cases[i].s, rc, dsv4_constraint_done(c));
         dsv4_constraint_free(c);
     }
@@ -274,12 +277,12 @@ test_bytes(void)
     /* the official DSML text of a call is accepted as the forced grammar */
     json_t *tools = json_loads(tools_json, 0, NULL);
     const char *call =
-        "<\xef\xbd\x9c" "DSML\xef\xbd\x9ctool_calls>\n<\xef\xbd\x9c" "DSML\xef\xbd\x9cinvoke name=\"get_weather\">\n"
-        "<\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter name=\"city\" string=\"true\">Paris</\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter>\n"
-        "<\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter name=\"days\" string=\"false\">3</\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter>\n"
-        "<\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter name=\"unit\" string=\"true\">celsius</\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter>\n"
-        "<\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter name=\"hourly\" string=\"false\">false</\xef\xbd\x9c" "DSML\xef\xbd\x9cparameter>\n"
-        "</\xef\xbd\x9c" "DSML\xef\xbd\x9cinvoke>\n</\xef\xbd\x9c" "DSML\xef\xbd\x9ctool_calls>";
+        "<" DSV4_DSML "tool_calls>\n<" DSV4_DSML "invoke name=\"get_weather\">\n"
+        "<" DSV4_DSML "parameter name=\"city\" string=\"true\">Paris</" DSV4_DSML "parameter>\n"
+        "<" DSV4_DSML "parameter name=\"days\" string=\"false\">3</" DSV4_DSML "parameter>\n"
+        "<" DSV4_DSML "parameter name=\"unit\" string=\"true\">celsius</" DSV4_DSML "parameter>\n"
+        "<" DSV4_DSML "parameter name=\"hourly\" string=\"false\">false</" DSV4_DSML "parameter>\n"
+        "</" DSV4_DSML "invoke>\n</" DSV4_DSML "tool_calls>";
     g = dsv4_grammar_tool_call(tools, NULL, 0, err, sizeof(err));
     c = dsv4_constraint_new(g, vi, eos);
     TEST_CHECK(dsv4_constraint_feed(c, call, strlen(call)) == 0 && dsv4_constraint_done(c),
