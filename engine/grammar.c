@@ -12,6 +12,7 @@
 
 #define MAX_ALTS     DSV4_GRAMMAR_MAX_ALTS
 #define MAX_PROPS    16         /* properties of a typed object */
+#define MAX_LEVELS   8          /* nesting of typed values; deeper: generic */
 
 static int
 add_node(dsv4_grammar *g, int kind, int off, int len, int flag, int max, int item)
@@ -165,15 +166,17 @@ json_text(json_t *v)
     return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
 }
 
-/* A JSON value following schema (the subset in constrain.h). */
+/* A JSON value following schema (the subset in constrain.h).  depth
+ * bounds generic values; level counts typed nesting, bounded too so that
+ * a deeply nested schema cannot exhaust the (thread pool's) stack. */
 static int
-value_node(dsv4_grammar *g, json_t *sch, int depth)
+value_node(dsv4_grammar *g, json_t *sch, int depth, int level)
 {
     json_t     *t, *en, *props, *req, *v;
     const char *type = NULL, *key;
     size_t      i;
 
-    if (!json_is_object(sch)) {
+    if (!json_is_object(sch) || level > MAX_LEVELS) {
         return g->jval[depth];
     }
     en = json_object_get(sch, "enum");
@@ -211,7 +214,7 @@ value_node(dsv4_grammar *g, json_t *sch, int depth)
     if (strcmp(type, "array") == 0) {
         if (depth == 0) return add_lit(g, "[]", 2);
         return add_node(g, N_ARR, 0, 0, 0, depth,
-                        value_node(g, json_object_get(sch, "items"), depth - 1));
+                        value_node(g, json_object_get(sch, "items"), depth - 1, level + 1));
     }
     if (strcmp(type, "object") != 0) return g->jval[depth];
 
@@ -250,7 +253,7 @@ value_node(dsv4_grammar *g, json_t *sch, int depth)
         seq_text(&sb, kt);
         seq_text(&sb, ":");
         free(kt);
-        seq_node(&sb, value_node(g, v, depth ? depth - 1 : 0));
+        seq_node(&sb, value_node(g, v, depth ? depth - 1 : 0, level + 1));
         any = 1;
     }
     seq_text(&sb, any ? "}" : "{}");
@@ -280,7 +283,7 @@ dsv4_grammar_json(json_t *schema, int think_close, char *err, size_t errlen)
     if (g == NULL) return grammar_done(NULL, -1, err, errlen);
     /* the top level is an object: a typed one when the schema says so */
     if (json_is_string(t) && strcmp(json_string_value(t), "object") == 0) {
-        v = value_node(g, schema, DSV4_GRAMMAR_MAX_DEPTH);
+        v = value_node(g, schema, DSV4_GRAMMAR_MAX_DEPTH, 0);
     } else {
         v = g->jobj[DSV4_GRAMMAR_MAX_DEPTH];
     }
@@ -303,7 +306,7 @@ dsml_param(seqb *sb, const char *key, json_t *sch)
     seq_text(sb, key);
     seq_text(sb, raw ? "\" string=\"true\">" : "\" string=\"false\">");
     if (!raw) {
-        seq_node(sb, value_node(g, sch, DSV4_GRAMMAR_MAX_DEPTH - 1));
+        seq_node(sb, value_node(g, sch, DSV4_GRAMMAR_MAX_DEPTH - 1, 0));
     } else if (json_is_array(en) && json_array_size(en) > 0 && json_array_size(en) <= MAX_ALTS) {
         const char *alts[MAX_ALTS];
         size_t      i, n = json_array_size(en);

@@ -233,6 +233,24 @@ test_json(void)
         dsv4_constraint_free(c);
     }
     json_decref(schema);
+
+    /* a schema nested deeper than any bound still gives a JSON object */
+    json_t *deep = json_pack("{s:s}", "type", "string");
+    for (int k = 0; k < 40; k++) {
+        deep = json_pack("{s:s,s:{s:o},s:[s]}", "type", "object", "properties", "a", deep,
+                         "required", "a");
+    }
+    dsv4_grammar    *g = dsv4_grammar_json(deep, 0, err, sizeof(err));
+    dsv4_constraint *c = g ? dsv4_constraint_new(g, vi, eos) : NULL;
+    json_t          *v = NULL;
+
+    dsv4_grammar_unref(g);
+    TEST_CHECK(c != NULL && drive(c, 5, &out) > 0
+               && json_is_object(v = json_loads(out.data ? out.data : "", 0, NULL)),
+               "40 nested levels: a JSON object: %s", out.data ? out.data : "");
+    json_decref(v);
+    json_decref(deep);
+    dsv4_constraint_free(c);
     dsv4_strbuf_free(&out);
 }
 
