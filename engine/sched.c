@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cache/cache.h"
+#include "constrain.h"
 #include "sched.h"
 #include "util.h"
 
@@ -88,6 +89,7 @@ struct dsv4_sched {
     int               nrunning;
     dsv4_request     *ready_head, *ready_tail;
     int               efd;
+    int               wake;            /* ready list grew since the last eventfd write */
     int               stop;
     dsv4_engine      *engines;
     dsv4_sched_stats  stats;
@@ -139,6 +141,7 @@ dsv4_request_new(const dsv4_request_params *p, char *err, size_t errlen)
     atomic_init(&r->refs, 1);
     atomic_init(&r->cancelled, 0);
     r->p = *p;
+    r->p.constraint = NULL;         /* the caller's until this succeeds */
     r->prompt = dsv4_dup(p->prompt, (size_t) p->n_prompt * sizeof(int32_t));
     r->stop_ids = dsv4_dup(p->stop_ids, (size_t) p->n_stop * sizeof(int32_t));
     r->bias_ids = dsv4_dup(p->sample.bias_ids, (size_t) p->sample.n_bias * sizeof(int32_t));
@@ -152,6 +155,7 @@ dsv4_request_new(const dsv4_request_params *p, char *err, size_t errlen)
     r->p.stop_ids = r->stop_ids;
     r->p.sample.bias_ids = r->bias_ids;
     r->p.sample.bias_values = r->bias_values;
+    r->p.constraint = p->constraint;
     return r;
 }
 
@@ -163,6 +167,7 @@ dsv4_request_release(dsv4_request *r)
     }
     dsv4_seq_free(r->seq);
     dsv4_sampler_free(r->sampler);
+    dsv4_constraint_free(r->p.constraint);
     free(r->prompt);
     free(r->stop_ids);
     free(r->bias_ids);
@@ -177,6 +182,7 @@ dsv4_request_release(dsv4_request *r)
 }
 
 static void dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r);
+static void dsv4_sched_wake(dsv4_sched *s);
 
 void
 dsv4_request_cancel(dsv4_request *r)
@@ -205,6 +211,7 @@ dsv4_request_cancel(dsv4_request *r)
         r->finish = DSV4_FINISH_CANCELLED;
         pthread_mutex_unlock(&r->mu);
         dsv4_sched_mark_ready(s, r);
+        dsv4_sched_wake(s);
         atomic_fetch_sub(&r->refs, 1);   /* the queue's ref; the caller still holds one */
     }
     pthread_cond_broadcast(&s->cv);
@@ -269,12 +276,11 @@ dsv4_request_data(dsv4_request *r)
 
 /* ---- mailbox and ready list ------------------------------------------- */
 
-/* Queues r on the ready list (once) and wakes the caller.  sched->mu held. */
+/* Queues r on the ready list (once); dsv4_sched_wake() tells the caller.
+ * sched->mu held. */
 static void
 dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r)
 {
-    uint64_t one = 1;
-
     if (r->in_ready) {
         return;
     }
@@ -287,6 +293,22 @@ dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r)
         s->ready_head = r;
     }
     s->ready_tail = r;
+    s->wake = 1;
+}
+
+/* One eventfd write for everything marked since the last one: an engine
+ * step wakes the caller once for its whole batch, not once per sequence
+ * (each early wake-up would cost the caller a drain for a single token).
+ * sched->mu held. */
+static void
+dsv4_sched_wake(dsv4_sched *s)
+{
+    uint64_t one = 1;
+
+    if (!s->wake) {
+        return;
+    }
+    s->wake = 0;
     /* a full counter (EAGAIN) still leaves the fd readable, so the result
      * needs no handling */
     ssize_t n = write(s->efd, &one, sizeof(one));
@@ -381,6 +403,8 @@ dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
     r->seq = NULL;
     dsv4_sampler_free(r->sampler);
     r->sampler = NULL;
+    dsv4_constraint_free(r->p.constraint);
+    r->p.constraint = NULL;
     e->running[i] = e->running[--e->nrunning];
     pthread_mutex_lock(&s->mu);
     s->nrunning--;
@@ -442,9 +466,18 @@ dsv4_engine_sample(dsv4_engine *e, int i, float *lg)
     dsv4_sample_logprobs lp = { DSV4_LOGPROBS_RAW, r->p.logprobs, e->top, 0.0f, 0 };
     int32_t              tok;
 
+    /* the mask depends on this sequence's own output only: batch invariant */
+    if (r->p.constraint != NULL && dsv4_constraint_mask(r->p.constraint, lg) == 0) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "the output grammar allows no token");
+        return;
+    }
     tok = dsv4_sampler_sample_logprobs(r->sampler, lg, &lp);
     if (tok < 0) {
         dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "no token has a finite logit");
+        return;
+    }
+    if (r->p.constraint != NULL && dsv4_constraint_accept(r->p.constraint, tok) != 0) {
+        dsv4_engine_finish(e, i, DSV4_FINISH_ERROR, "the token breaks the output grammar");
         return;
     }
     if (dsv4_post_token(r, tok, &lp) != 0) {
@@ -566,14 +599,19 @@ dsv4_engine_main(void *arg)
             break;
         }
         dsv4_engine_admit(e);
+        dsv4_sched_wake(s);             /* admissions that failed */
         pthread_mutex_unlock(&s->mu);
         dsv4_engine_step(e);
         pthread_mutex_lock(&s->mu);
+        dsv4_sched_wake(s);             /* the step's tokens and finishes */
     }
     pthread_mutex_unlock(&s->mu);
     while (e->nrunning > 0) {
         dsv4_engine_finish(e, e->nrunning - 1, DSV4_FINISH_CANCELLED, NULL);
     }
+    pthread_mutex_lock(&s->mu);
+    dsv4_sched_wake(s);
+    pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 

@@ -57,6 +57,9 @@ typedef struct {
     const int32_t      *stop_ids;    /* [n_stop] tokens that end the completion (copied) */
     int                 n_stop;
     int                 logprobs;    /* top logprobs per token wanted (0 = none) */
+    /* output grammar (engine/constrain.h) masking every sampling step, or
+     * NULL; the request owns it once dsv4_request_new() succeeds */
+    struct dsv4_constraint *constraint;
 } dsv4_request_params;
 
 /* One produced token. */

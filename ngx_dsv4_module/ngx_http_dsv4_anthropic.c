@@ -453,6 +453,40 @@ ngx_http_dsv4_anthropic_to_openai(json_t *in, char *err, size_t errlen,
         }
     }
 
+    /* tool_choice {"type": "any"} / {"type": "tool", "name": N} force a
+     * call: OpenAI's "required" / named function (the output grammar) */
+
+    v = json_object_get(in, "tool_choice");
+    t = json_object_get(v, "type");
+
+    if (json_is_string(t)) {
+        ot = NULL;
+
+        if (ngx_strcmp(json_string_value(t), "any") == 0) {
+            ot = json_string("required");
+
+        } else if (ngx_strcmp(json_string_value(t), "none") == 0) {
+            ot = json_string("none");
+
+        } else if (ngx_strcmp(json_string_value(t), "tool") == 0) {
+            if (!json_is_string(json_object_get(v, "name"))) {
+                json_decref(out);
+                return ngx_http_dsv4_fail_null(err, errlen, param,
+                                               "tool_choice",
+                                               "tool_choice.name must be a "
+                                               "string%.0zu", 0);
+            }
+
+            ot = json_pack("{s:s,s:{s:O}}", "type", "function", "function",
+                           "name", json_object_get(v, "name"));
+        }
+
+        if (ot != NULL && json_object_set_new(out, "tool_choice", ot) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+
     v = json_object_get(in, "thinking");
 
     if (v != NULL && !json_is_null(v)) {

@@ -148,6 +148,14 @@ ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
     m->n_stop_ids = 0;
 
     if (m->tok != NULL) {
+        m->vocab_index = dsv4_vocab_index_new(m->tok, (int) m->vocab);
+        if (m->vocab_index == NULL) {
+            ngx_snprintf((u_char *) m->error, sizeof(m->error) - 1,
+                         "model \"%V\": out of memory for the vocabulary "
+                         "index%Z", &m->name);
+            goto failed;
+        }
+
         id = dsv4_tokenizer_eos_id(m->tok);
         if (id >= 0) {
             m->stop_ids[m->n_stop_ids++] = id;
@@ -200,6 +208,9 @@ ngx_http_dsv4_load_one(ngx_http_dsv4_main_conf_t *dmcf,
     return;
 
 failed:
+
+    dsv4_vocab_index_free(m->vocab_index);
+    m->vocab_index = NULL;
 
     if (m->cache) {
         dsv4_cache_free(m->cache);
@@ -573,6 +584,9 @@ ngx_http_dsv4_engine_exit(ngx_cycle_t *cycle)
             dsv4_cache_free(m[i].cache);
             m[i].cache = NULL;
         }
+
+        dsv4_vocab_index_free(m[i].vocab_index);
+        m[i].vocab_index = NULL;
 
         if (m[i].tok) {
             dsv4_tokenizer_free(m[i].tok);

@@ -94,19 +94,30 @@ int
 ngx_http_dsv4_strbuf_printf(dsv4_strbuf *b, const char *fmt, ...)
 {
     int      n;
+    size_t   room;
     va_list  args;
 
+    /* one pass when the text fits the room left, which it mostly does */
+
+    room = b->cap > b->len ? b->cap - b->len : 0;
+
     va_start(args, fmt);
-    n = vsnprintf(NULL, 0, fmt, args);
+    n = vsnprintf(room ? b->data + b->len : NULL, room, fmt, args);
     va_end(args);
 
-    if (n < 0 || dsv4_strbuf_reserve(b, (size_t) n) != 0) {
+    if (n < 0) {
         return -1;
     }
 
-    va_start(args, fmt);
-    vsnprintf(b->data + b->len, (size_t) n + 1, fmt, args);
-    va_end(args);
+    if ((size_t) n >= room) {
+        if (dsv4_strbuf_reserve(b, (size_t) n) != 0) {
+            return -1;
+        }
+
+        va_start(args, fmt);
+        vsnprintf(b->data + b->len, (size_t) n + 1, fmt, args);
+        va_end(args);
+    }
 
     b->len += n;
 

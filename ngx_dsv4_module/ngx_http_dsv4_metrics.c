@@ -344,7 +344,8 @@ ngx_http_dsv4_metrics_token(ngx_http_dsv4_model_t *m, double itl,
                               NGX_HTTP_DSV4_H_ITL, itl / n);
     }
 
-    ngx_http_dsv4_metrics_refresh(m);
+    /* the gauges (which take the scheduler's lock) are refreshed once per
+     * eventfd wake-up by ngx_http_dsv4_notify_handler(), not per request */
 }
 
 

@@ -42,6 +42,7 @@
 #include "chat.h"
 #include "parse.h"
 #include "strbuf.h"
+#include "constrain.h"
 #include "cache/cache.h"
 #include "limits/limit.h"
 
@@ -247,6 +248,7 @@ typedef struct {
     char                        error[256];
     dsv4_model                 *model;
     dsv4_tokenizer             *tok;
+    dsv4_vocab_index           *vocab_index;    /* constrained decoding */
     dsv4_sched                 *sched;
     dsv4_cache                 *cache;          /* prefix cache, or NULL */
     ngx_msec_t                  cache_stats_time;   /* last copied to shm */
@@ -379,6 +381,7 @@ typedef struct {
     ngx_uint_t                  thinking_mode;
     ngx_uint_t                  tools;          /* parse DSML */
     ngx_uint_t                  tool_choice_none;
+    dsv4_grammar               *grammar;        /* constrained output */
     char                       *stop[NGX_HTTP_DSV4_MAX_STOP];
     ngx_uint_t                  nstop;
     ngx_uint_t                  add_special;    /* /tokenize */
@@ -454,6 +457,7 @@ struct ngx_http_dsv4_ctx_s {
     ngx_event_t                 timer;          /* engine idle timeout */
 
     dsv4_strbuf                 out;            /* SSE being composed */
+    ngx_str_t                   chunk_head;     /* openai: chunk prefix */
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
 

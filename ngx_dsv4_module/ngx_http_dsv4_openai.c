@@ -30,12 +30,26 @@ ngx_http_dsv4_is_chat(ngx_http_dsv4_ctx_t *ctx)
 
 /* "data: {"id":...,"choices":[" -- the constant head of every chunk */
 
+/*
+ * Starts an SSE chunk: "data: {id, object, created, model, "choices":[".
+ * The prefix is the same for every chunk of a request, so it is formatted
+ * once and copied after that (it opens every streamed token).
+ */
+
 static int
 ngx_http_dsv4_chunk_begin(ngx_http_dsv4_ctx_t *ctx)
 {
+    size_t        off;
     dsv4_strbuf  *b;
 
     b = &ctx->out;
+
+    if (ctx->chunk_head.len) {
+        return dsv4_strbuf_append(b, (char *) ctx->chunk_head.data,
+                                  ctx->chunk_head.len);
+    }
+
+    off = b->len;
 
     if (ngx_http_dsv4_strbuf_printf(b, "data: {\"id\":\"%.*s\",\"object\":"
                                     "\"%s\",\"created\":%ld,\"model\":",
@@ -52,6 +66,14 @@ ngx_http_dsv4_chunk_begin(ngx_http_dsv4_ctx_t *ctx)
     {
         return -1;
     }
+
+    ctx->chunk_head.data = ngx_pnalloc(ctx->request->pool, b->len - off);
+    if (ctx->chunk_head.data == NULL) {
+        return -1;
+    }
+
+    ctx->chunk_head.len = b->len - off;
+    ngx_memcpy(ctx->chunk_head.data, b->data + off, ctx->chunk_head.len);
 
     return 0;
 }
@@ -371,9 +393,10 @@ ngx_http_dsv4_openai_event(ngx_http_dsv4_choice_t *ch, const dsv4_event *ev,
     ngx_http_dsv4_lp_t *lp, ngx_uint_t nlp)
 {
     int                   rc;
+    u_char               *p;
     json_t               *choice, *delta, *call, *lps, *e;
     size_t                i;
-    u_char                id[40];
+    u_char                id[40], head[64];
     const char           *field;
     ngx_http_dsv4_ctx_t  *ctx;
 
@@ -469,15 +492,12 @@ ngx_http_dsv4_openai_event(ngx_http_dsv4_choice_t *ch, const dsv4_event *ev,
         rc = ngx_http_dsv4_chunk_begin(ctx);
 
         if (rc == 0) {
-            if (ngx_http_dsv4_is_chat(ctx)) {
-                rc = ngx_http_dsv4_strbuf_printf(&ctx->out,
-                         "{\"index\":%u,\"delta\":{\"%s\":",
-                         (unsigned) ch->index, field);
+            p = ngx_http_dsv4_is_chat(ctx)
+                ? ngx_sprintf(head, "{\"index\":%ui,\"delta\":{\"%s\":",
+                              ch->index, field)
+                : ngx_sprintf(head, "{\"index\":%ui,\"text\":", ch->index);
 
-            } else {
-                rc = ngx_http_dsv4_strbuf_printf(&ctx->out,
-                         "{\"index\":%u,\"text\":", (unsigned) ch->index);
-            }
+            rc = dsv4_strbuf_append(&ctx->out, (char *) head, p - head);
         }
 
         if (rc == 0) {

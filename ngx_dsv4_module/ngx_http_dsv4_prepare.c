@@ -20,6 +20,8 @@
 #include <string.h>
 
 
+static ngx_int_t ngx_http_dsv4_prep_grammar(ngx_http_dsv4_prep_t *prep,
+    json_t *req);
 static ngx_int_t ngx_http_dsv4_fail(ngx_http_dsv4_prep_t *prep,
     ngx_uint_t status, const char *param, const char *code,
     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -931,6 +933,89 @@ ngx_http_dsv4_prep_chat(ngx_http_dsv4_prep_t *prep, json_t *req)
 
     dsv4_chat_prompt_free(&prompt);
 
+    return ngx_http_dsv4_prep_grammar(prep, req);
+}
+
+
+/*
+ * The output grammar (engine/constrain.h) of a chat request: a forced tool
+ * call for tool_choice "required" or a named function, else a JSON object
+ * for response_format json_object / json_schema; none otherwise.
+ */
+
+static ngx_int_t
+ngx_http_dsv4_prep_grammar(ngx_http_dsv4_prep_t *prep, json_t *req)
+{
+    json_t      *tc, *rf, *v;
+    const char  *type, *name;
+
+    tc = ngx_http_dsv4_get(req, "tool_choice");
+    name = NULL;
+
+    if (json_is_object(tc)) {
+        name = json_string_value(json_object_get(json_object_get(tc,
+                                                                 "function"),
+                                                 "name"));
+        if (name == NULL) {
+            return ngx_http_dsv4_fail(prep, 400, "tool_choice",
+                                      "invalid_value",
+                                      "'tool_choice' must name a function: "
+                                      "{\"type\": \"function\", "
+                                      "\"function\": {\"name\": ...}}");
+        }
+    }
+
+    if (name != NULL
+        || (json_is_string(tc)
+            && ngx_strcmp(json_string_value(tc), "required") == 0))
+    {
+        prep->grammar = dsv4_grammar_tool_call(ngx_http_dsv4_get(req, "tools"),
+                                               name, (int) prep->thinking,
+                                               prep->err, sizeof(prep->err));
+        if (prep->grammar == NULL) {
+            prep->status = 400;
+            prep->param = "tool_choice";
+            prep->code = "invalid_value";
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    rf = ngx_http_dsv4_get(req, "response_format");
+    type = json_string_value(json_object_get(rf, "type"));
+
+    if (type == NULL || ngx_strcmp(type, "text") == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_strcmp(type, "json_object") == 0) {
+        v = NULL;
+
+    } else if (ngx_strcmp(type, "json_schema") == 0) {
+        v = json_object_get(json_object_get(rf, "json_schema"), "schema");
+
+        if (!json_is_object(v)) {
+            return ngx_http_dsv4_fail(prep, 400, "response_format",
+                                      "invalid_value",
+                                      "'response_format.json_schema.schema' "
+                                      "must be an object");
+        }
+
+    } else {
+        return ngx_http_dsv4_fail(prep, 400, "response_format",
+                                  "invalid_value",
+                                  "'response_format.type' must be \"text\", "
+                                  "\"json_object\" or \"json_schema\", "
+                                  "got \"%s\"", type);
+    }
+
+    prep->grammar = dsv4_grammar_json(v, (int) prep->thinking, prep->err,
+                                      sizeof(prep->err));
+    if (prep->grammar == NULL) {
+        return ngx_http_dsv4_fail(prep, 500, NULL, NULL, "out of memory");
+    }
+
     return NGX_OK;
 }
 
@@ -1323,6 +1408,7 @@ ngx_http_dsv4_prep_free(ngx_http_dsv4_prep_t *prep)
     free(prep->bias_ids);
     free(prep->bias_values);
     free(prep->model_name);
+    dsv4_grammar_unref(prep->grammar);
 
     for (i = 0; i < prep->nstop; i++) {
         free(prep->stop[i]);

@@ -678,8 +678,18 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
             rp.n_stop = (int) m->n_stop_ids;
             rp.logprobs = prep->logprobs > 0 ? (int) prep->logprobs : 0;
 
+            if (prep->grammar != NULL) {
+                rp.constraint = dsv4_constraint_new(prep->grammar,
+                                    m->vocab_index,
+                                    dsv4_tokenizer_eos_id(m->tok));
+                if (rp.constraint == NULL) {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                }
+            }
+
             ch->req = dsv4_request_new(&rp, err, sizeof(err));
             if (ch->req == NULL) {
+                dsv4_constraint_free(rp.constraint);
                 return ngx_http_dsv4_send_error(r, ctx->api,
                                                 NGX_HTTP_BAD_REQUEST, err,
                                                 NULL, "invalid_value");

@@ -19,6 +19,7 @@ my $t = Dsv4Nginx->standard(http => "    dsv4_backend scalar;\n    dsv4_prefill_
                             server => "    }\n    server {\n        listen 127.0.0.1:$h2port http2;\n"
                                     . "        location = /v1/completions { dsv4_api completions; }\n");
 ok($t->run, 'nginx starts');
+my $S = Dsv4Nginx::time_scale();      # 1, except under valgrind
 
 sub load {
     my $run = $t->metric('dsv4:num_requests_running', 'model_name="demo"') // -1;
@@ -29,17 +30,17 @@ sub load {
 # Polls until nothing runs or waits; returns the seconds it took.
 sub idle_after {
     my $t0 = time;
-    while (time - $t0 < 5) {
+    while (time - $t0 < 5 * $S) {
         my ($run, $wait) = load();
         return time - $t0 if $run == 0 && $wait == 0;
         sleep 0.02;
     }
-    return 99;
+    return 99 * $S;
 }
 
 sub running_soon {
     my $t0 = time;
-    while (time - $t0 < 5) {
+    while (time - $t0 < 5 * $S) {
         my ($run) = load();
         return 1 if $run == 1;
         sleep 0.01;
@@ -61,12 +62,12 @@ my $gen0 = $t->metric('dsv4:generation_tokens_total', 'model_name="demo"') // 0;
 
 # 1. streaming, during decode
 my $s = start_req(prompt => [1, 2, 3], max_tokens => 3000, stream => JSON::PP::true);
-my $buf = $t->read_until($s, sub { my @n = $_[0] =~ /data: \{/g; @n >= 5 }, 10);
+my $buf = $t->read_until($s, sub { my @n = $_[0] =~ /data: \{/g; @n >= 5 }, 10 * $S);
 my @n = $buf =~ /data: \{/g;
 ok(@n >= 5, 'stream: tokens are flowing');
 close $s;
 my $dt = idle_after();
-cmp_ok($dt, '<', 1.0, sprintf('stream/decode: sequence freed %.3fs after close', $dt));
+cmp_ok($dt, '<', 1.0 * $S, sprintf('stream/decode: sequence freed %.3fs after close', $dt));
 
 # 2. non-streaming, during decode
 $s = start_req(prompt => [1, 2, 3], max_tokens => 3000);
@@ -74,7 +75,7 @@ ok(running_soon(), 'non-stream: running');
 sleep 0.3;
 close $s;
 $dt = idle_after();
-cmp_ok($dt, '<', 1.0, sprintf('non-stream/decode: sequence freed %.3fs after close', $dt));
+cmp_ok($dt, '<', 1.0 * $S, sprintf('non-stream/decode: sequence freed %.3fs after close', $dt));
 
 # 3. streaming, during prefill
 $s = start_req(prompt => $long_prompt, max_tokens => 10, stream => JSON::PP::true);
@@ -86,7 +87,7 @@ $buf = $t->read_until($s, sub { 0 }, 0.05);
 unlike($buf, qr/"text"/, 'still in prefill: no token yet') or diag($buf);
 close $s;
 $dt = idle_after();
-cmp_ok($dt, '<', 1.0, sprintf('stream/prefill: sequence freed %.3fs after close', $dt));
+cmp_ok($dt, '<', 1.0 * $S, sprintf('stream/prefill: sequence freed %.3fs after close', $dt));
 
 # 4. non-streaming, during prefill
 $s = start_req(prompt => $long_prompt, max_tokens => 10);
@@ -94,32 +95,32 @@ ok(running_soon(), 'non-stream/prefill: running');
 sleep 0.2;
 close $s;
 $dt = idle_after();
-cmp_ok($dt, '<', 1.0, sprintf('non-stream/prefill: sequence freed %.3fs after close', $dt));
+cmp_ok($dt, '<', 1.0 * $S, sprintf('non-stream/prefill: sequence freed %.3fs after close', $dt));
 
 # 5. queued behind another request (dsv4_max_seqs 1)
 my $first = start_req(prompt => [1, 2, 3], max_tokens => 3000, stream => JSON::PP::true);
-$t->read_until($first, sub { $_[0] =~ /"text"/ }, 10);
+$t->read_until($first, sub { $_[0] =~ /"text"/ }, 10 * $S);
 my $second = start_req(prompt => [4, 5, 6], max_tokens => 3000, stream => JSON::PP::true);
 my $t0 = time;
 my ($run, $wait) = (0, 0);
-while (time - $t0 < 5) { ($run, $wait) = load(); last if $wait == 1; sleep 0.01; }
+while (time - $t0 < 5 * $S) { ($run, $wait) = load(); last if $wait == 1; sleep 0.01; }
 is_deeply([$run, $wait], [1, 1], 'one running, one waiting');
 close $second;
 $t0 = time;
-while (time - $t0 < 2) { ($run, $wait) = load(); last if $wait == 0; sleep 0.01; }
+while (time - $t0 < 2 * $S) { ($run, $wait) = load(); last if $wait == 0; sleep 0.01; }
 is($wait, 0, 'the queued request left the queue');
-cmp_ok(time - $t0, '<', 1.0, 'within a second');
+cmp_ok(time - $t0, '<', 1.0 * $S, 'within a second');
 close $first;
 $dt = idle_after();
-cmp_ok($dt, '<', 1.0, 'and the running one was freed too');
+cmp_ok($dt, '<', 1.0 * $S, 'and the running one was freed too');
 
 # 6. HTTP/2 (h2c), streaming, during decode: curl is killed mid-stream
 SKIP: {
     skip 'no curl', 2 unless `curl --version 2>/dev/null` =~ /HTTP2/;
-    my $out = `timeout 1 curl -s --http2-prior-knowledge -N http://127.0.0.1:$h2port/v1/completions -d '{"model":"demo","prompt":[1,2,3],"max_tokens":3000,"stream":true}'`;
+    my $out = `timeout @{[1 * $S]} curl -s --http2-prior-knowledge -N http://127.0.0.1:$h2port/v1/completions -d '{"model":"demo","prompt":[1,2,3],"max_tokens":3000,"stream":true}'`;
     like($out, qr/^data: \{/, 'HTTP/2 stream was flowing');
     $dt = idle_after();
-    cmp_ok($dt, '<', 1.0, sprintf('HTTP/2: sequence freed %.3fs after the client went away', $dt));
+    cmp_ok($dt, '<', 1.0 * $S, sprintf('HTTP/2: sequence freed %.3fs after the client went away', $dt));
 }
 
 my $aborts = $t->metric('dsv4:request_success_total', 'finished_reason="abort"');

@@ -20,7 +20,7 @@ my $t = Dsv4Nginx->standard;
 ok($t->run, 'nginx starts');
 
 my $port = $t->port;
-my @out = `timeout 120 node $FindBin::Bin/sdk/clients.mjs $port $mods 2>&1`;
+my @out = `timeout @{[120 * Dsv4Nginx::time_scale()]} node $FindBin::Bin/sdk/clients.mjs $port $mods 2>&1`;
 my $n = 0;
 for (@out) {
     chomp;
@@ -31,7 +31,7 @@ for (@out) {
         diag($_);
     }
 }
-cmp_ok($n, '>=', 17, 'every client check ran');
+cmp_ok($n, '>=', 25, 'every client check ran');
 
 $t->finish;
 done_testing;

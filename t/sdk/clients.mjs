@@ -75,6 +75,65 @@ await attempt('openai tool round trip', async () => {
   check(r.choices.length === 1 && r.usage.prompt_tokens > 20, 'openai tool call round trip in the history', r.usage);
 });
 
+// Random weights never call a tool on their own: tool_choice forces the
+// call through the output grammar, with arguments of the declared types.
+const weather = [{ type: 'function', function: { name: 'get_weather', description: 'Weather for a city',
+                   parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' },
+                                                               unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } },
+                                 required: ['city', 'days', 'unit'] } } }];
+function weatherArgs(call) {
+  const a = JSON.parse(call.function.arguments);
+  return call.function.name === 'get_weather' && typeof a.city === 'string' && Number.isInteger(a.days)
+         && ['celsius', 'fahrenheit'].includes(a.unit);
+}
+async function answerTool(call, name) {
+  const r = await openai.chat.completions.create({ model: 'demo', max_tokens: 4, temperature: 0, tools: weather, messages: [
+    { role: 'user', content: 'Weather in Paris?' },
+    { role: 'assistant', content: null, tool_calls: [call] },
+    { role: 'tool', tool_call_id: call.id, content: '{"temp_c":21}' }] });
+  check(r.choices.length === 1 && r.choices[0].finish_reason !== 'tool_calls' && r.usage.prompt_tokens > 40,
+        name, r);
+}
+
+await attempt('openai forced tool call', async () => {
+  const r = await openai.chat.completions.create({ model: 'demo', max_tokens: 300, temperature: 0, tools: weather,
+    tool_choice: 'required', messages: [{ role: 'user', content: 'Weather in Paris?' }] });
+  const c = r.choices[0];
+  check(c.finish_reason === 'tool_calls' && c.message.tool_calls?.length === 1 && weatherArgs(c.message.tool_calls[0]),
+        'openai tool_choice required: a tool call with parseable, typed arguments', c);
+  await answerTool(c.message.tool_calls[0], 'openai tool result sent back: the server answers');
+});
+
+await attempt('openai forced tool call stream', async () => {
+  const stream = await openai.chat.completions.create({ model: 'demo', max_tokens: 300, temperature: 0.8, seed: 7,
+    tools: weather, tool_choice: { type: 'function', function: { name: 'get_weather' } }, stream: true,
+    messages: [{ role: 'user', content: 'Weather in Paris?' }] });
+  const calls = [];
+  let finish = null;
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      for (const d of c.delta?.tool_calls ?? []) {
+        calls[d.index] ??= { id: '', type: 'function', function: { name: '', arguments: '' } };
+        if (d.id) calls[d.index].id = d.id;
+        calls[d.index].function.name += d.function?.name ?? '';
+        calls[d.index].function.arguments += d.function?.arguments ?? '';
+      }
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  check(finish === 'tool_calls' && calls.length === 1 && weatherArgs(calls[0]),
+        'openai streamed named tool_choice: tool_calls deltas with parseable arguments', [finish, calls]);
+  await answerTool(calls[0], 'openai streamed tool result sent back: the server answers');
+});
+
+await attempt('openai json_object', async () => {
+  const r = await openai.chat.completions.create({ model: 'demo', max_tokens: 300, temperature: 0,
+    response_format: { type: 'json_object' }, messages: [{ role: 'user', content: 'A JSON object, please.' }] });
+  const v = JSON.parse(r.choices[0].message.content);
+  check(typeof v === 'object' && v !== null && !Array.isArray(v) && r.choices[0].finish_reason === 'stop',
+        'openai response_format json_object: the content parses as an object', r.choices[0]);
+});
+
 await attempt('openai reasoning', async () => {
   const r = await openai.chat.completions.create({ model: 'deepseek-reasoner', messages, max_tokens: 4, temperature: 0 });
   check(typeof r.choices[0].message.reasoning_content === 'string', 'openai deepseek-reasoner returns reasoning_content', r.choices[0]);
@@ -130,6 +189,28 @@ await attempt('anthropic tools', async () => {
                { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'get_weather', input: { city: 'Paris' } }] },
                { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_1', content: '21C' }] }] });
   check(r.type === 'message', 'anthropic tool_use / tool_result round trip', r);
+});
+
+await attempt('anthropic forced tool_use', async () => {
+  const tools = [{ name: 'get_weather', description: 'Weather',
+                   input_schema: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } },
+                                   required: ['city', 'days'] } }];
+  const ask = { role: 'user', content: 'Weather in Paris?' };
+  const r = await anthropic.messages.create({ model: 'demo', max_tokens: 300, temperature: 0, tools,
+                                              tool_choice: { type: 'tool', name: 'get_weather' }, messages: [ask] });
+  const use = r.content.find(b => b.type === 'tool_use');
+  check(r.stop_reason === 'tool_use' && use && use.name === 'get_weather' && typeof use.input.city === 'string'
+        && Number.isInteger(use.input.days), 'anthropic tool_choice tool: a tool_use block with typed input', r);
+  const stream = anthropic.messages.stream({ model: 'demo', max_tokens: 300, temperature: 0, tools,
+                                            tool_choice: { type: 'any' }, messages: [ask] });
+  const final = await stream.finalMessage();
+  const suse = final.content.find(b => b.type === 'tool_use');
+  check(final.stop_reason === 'tool_use' && suse && JSON.stringify(suse.input) === JSON.stringify(use.input),
+        'anthropic streamed tool_choice any: the same tool_use input', [final, use]);
+  const back = await anthropic.messages.create({ model: 'demo', max_tokens: 4, temperature: 0, tools, messages: [ask,
+    { role: 'assistant', content: r.content },
+    { role: 'user', content: [{ type: 'tool_result', tool_use_id: use.id, content: '21C' }] }] });
+  check(back.type === 'message' && back.stop_reason !== 'tool_use', 'anthropic tool_result sent back: the server answers', back);
 });
 
 await attempt('anthropic errors', async () => {
