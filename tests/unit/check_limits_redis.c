@@ -26,6 +26,7 @@
 
 #include "limits/internal.h"
 #include "tests/test.h"
+#include "limits_helpers.h"
 
 #define PREFIX      "dsv4test:"
 #define LEASE_MS    (400 * 86400000LL)      /* no lease expires in a run */
@@ -90,17 +91,6 @@ T(int y, int mo, int d, int h, int mi, int s)
     tm.tm_min = mi;
     tm.tm_sec = s;
     return (int64_t) timegm(&tm) * 1000;
-}
-
-static int
-same_verdict(const dsv4_limit_verdict *a, const dsv4_limit_verdict *b)
-{
-    return a->allowed == b->allowed && a->reason == b->reason
-           && a->limit_requests == b->limit_requests
-           && a->remaining_requests == b->remaining_requests
-           && a->reset_requests_ms == b->reset_requests_ms && a->limit_tokens == b->limit_tokens
-           && a->remaining_tokens == b->remaining_tokens
-           && a->reset_tokens_ms == b->reset_tokens_ms && a->retry_after_ms == b->retry_after_ms;
 }
 
 static void

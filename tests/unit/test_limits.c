@@ -17,6 +17,7 @@
 
 #include "limits/internal.h"
 #include "tests/test.h"
+#include "limits_helpers.h"
 
 /* ms of a UTC date and time, by libc (independent of limits/calendar.c) */
 static int64_t
@@ -611,17 +612,6 @@ naive_finish(naive *m, int i, int64_t now, int64_t tokens)
         q->mtok = tokens;
     }
     q->open = 0;
-}
-
-static int
-same_verdict(const dsv4_limit_verdict *a, const dsv4_limit_verdict *b)
-{
-    return a->allowed == b->allowed && a->reason == b->reason
-           && a->limit_requests == b->limit_requests
-           && a->remaining_requests == b->remaining_requests
-           && a->reset_requests_ms == b->reset_requests_ms && a->limit_tokens == b->limit_tokens
-           && a->remaining_tokens == b->remaining_tokens
-           && a->reset_tokens_ms == b->reset_tokens_ms && a->retry_after_ms == b->retry_after_ms;
 }
 
 /* xorshift64: a uniform-enough integer in [0, n) */

@@ -1,0 +1,19 @@
+/* Shared by the limits checks (test_limits.c, check_limits_redis.c). */
+#ifndef DSV4_TESTS_LIMITS_HELPERS_H
+#define DSV4_TESTS_LIMITS_HELPERS_H
+
+#include "limits/limit.h"
+
+/* every field of two admission answers equal */
+static inline int
+same_verdict(const dsv4_limit_verdict *a, const dsv4_limit_verdict *b)
+{
+    return a->allowed == b->allowed && a->reason == b->reason
+           && a->limit_requests == b->limit_requests
+           && a->remaining_requests == b->remaining_requests
+           && a->reset_requests_ms == b->reset_requests_ms && a->limit_tokens == b->limit_tokens
+           && a->remaining_tokens == b->remaining_tokens
+           && a->reset_tokens_ms == b->reset_tokens_ms && a->retry_after_ms == b->retry_after_ms;
+}
+
+#endif
