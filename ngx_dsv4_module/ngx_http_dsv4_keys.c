@@ -224,6 +224,35 @@ ngx_http_dsv4_admin_key_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* The token of "Authorization: Bearer TOKEN": NGX_OK, or NGX_DECLINED. */
+
+ngx_int_t
+ngx_http_dsv4_bearer(ngx_http_request_t *r, ngx_str_t *token)
+{
+    if (r->headers_in.authorization == NULL) {
+        return NGX_DECLINED;
+    }
+
+    *token = r->headers_in.authorization->value;
+
+    if (token->len <= 7
+        || ngx_strncasecmp(token->data, (u_char *) "Bearer ", 7) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    token->data += 7;
+    token->len -= 7;
+
+    while (token->len && token->data[0] == ' ') {
+        token->data++;
+        token->len--;
+    }
+
+    return NGX_OK;
+}
+
+
 /* The raw key the client sent, or an empty string. */
 
 static ngx_str_t
@@ -234,22 +263,8 @@ ngx_http_dsv4_request_key(ngx_http_request_t *r)
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
-    if (r->headers_in.authorization != NULL) {
-        key = r->headers_in.authorization->value;
-
-        if (key.len > 7
-            && ngx_strncasecmp(key.data, (u_char *) "Bearer ", 7) == 0)
-        {
-            key.data += 7;
-            key.len -= 7;
-
-            while (key.len && key.data[0] == ' ') {
-                key.data++;
-                key.len--;
-            }
-
-            return key;
-        }
+    if (ngx_http_dsv4_bearer(r, &key) == NGX_OK) {
+        return key;
     }
 
     part = &r->headers_in.headers.part;

@@ -600,13 +600,29 @@ ngx_http_dsv4_lim_reply(redisReply *reply, void *data)
 /* admission                                                               */
 
 
+/* What counts against tpm and the budgets: dsv4_limit_zone tokens= */
+
+static int64_t
+ngx_http_dsv4_counted(ngx_http_dsv4_limit_zone_t *z, int64_t prompt,
+    int64_t completion)
+{
+    switch (z->count) {
+    case NGX_HTTP_DSV4_COUNT_PROMPT:
+        return prompt;
+    case NGX_HTTP_DSV4_COUNT_COMPLETION:
+        return completion;
+    default:
+        return prompt + completion;
+    }
+}
+
+
 /* Tokens reserved at admission, as the zone counts them. */
 
 static int64_t
 ngx_http_dsv4_limit_cost(ngx_http_dsv4_lim_t *lim, ngx_http_dsv4_ctx_t *ctx)
 {
-    int64_t                prompt, completion, per;
-    ngx_uint_t             i;
+    int64_t                completion, per;
     ngx_http_dsv4_prep_t  *prep;
 
     prep = ctx->prep;
@@ -618,12 +634,6 @@ ngx_http_dsv4_limit_cost(ngx_http_dsv4_lim_t *lim, ngx_http_dsv4_ctx_t *ctx)
         return 0;       /* /tokenize, /detokenize: requests only */
     }
 
-    prompt = 0;
-
-    for (i = 0; i < prep->nprompts; i++) {
-        prompt += prep->nids[i];
-    }
-
     per = prep->max_tokens;
 
     if (lim->zone->estimate >= 0 && lim->zone->estimate < per) {
@@ -632,14 +642,9 @@ ngx_http_dsv4_limit_cost(ngx_http_dsv4_lim_t *lim, ngx_http_dsv4_ctx_t *ctx)
 
     completion = per * (int64_t) (prep->nprompts * prep->n);
 
-    switch (lim->zone->count) {
-    case NGX_HTTP_DSV4_COUNT_PROMPT:
-        return prompt;
-    case NGX_HTTP_DSV4_COUNT_COMPLETION:
-        return completion;
-    default:
-        return prompt + completion;
-    }
+    return ngx_http_dsv4_counted(lim->zone,
+                                 ngx_http_dsv4_prep_prompt_tokens(prep),
+                                 completion);
 }
 
 
@@ -1137,7 +1142,6 @@ ngx_http_dsv4_limit_end(ngx_http_dsv4_lim_t *lim, const dsv4_usage *u,
 void
 ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx)
 {
-    int64_t               used;
     ngx_uint_t            i;
     dsv4_usage            u;
     ngx_http_dsv4_lim_t  *lim;
@@ -1163,19 +1167,9 @@ ngx_http_dsv4_limit_finish(ngx_http_dsv4_ctx_t *ctx)
         }
     }
 
-    switch (lim->zone->count) {
-    case NGX_HTTP_DSV4_COUNT_PROMPT:
-        used = u.prompt_tokens;
-        break;
-    case NGX_HTTP_DSV4_COUNT_COMPLETION:
-        used = u.completion_tokens;
-        break;
-    default:
-        used = u.prompt_tokens + u.completion_tokens;
-        break;
-    }
-
-    ngx_http_dsv4_limit_end(lim, &u, used);
+    ngx_http_dsv4_limit_end(lim, &u,
+                            ngx_http_dsv4_counted(lim->zone, u.prompt_tokens,
+                                                  u.completion_tokens));
 }
 
 

@@ -510,6 +510,7 @@ ngx_uint_t ngx_http_dsv4_cached_tokens(ngx_http_dsv4_ctx_t *ctx);
 /* ngx_http_dsv4_prepare.c */
 void ngx_http_dsv4_prepare(ngx_http_dsv4_prep_t *prep);
 void ngx_http_dsv4_prep_free(ngx_http_dsv4_prep_t *prep);
+ngx_uint_t ngx_http_dsv4_prep_prompt_tokens(ngx_http_dsv4_prep_t *prep);
 
 /* ngx_http_dsv4_openai.c: callbacks of the generating APIs */
 void ngx_http_dsv4_openai_event(ngx_http_dsv4_choice_t *ch,
@@ -533,6 +534,7 @@ char *ngx_http_dsv4_keys_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_dsv4_admin_key_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_int_t ngx_http_dsv4_bearer(ngx_http_request_t *r, ngx_str_t *token);
 ngx_int_t ngx_http_dsv4_auth(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx);
 ngx_uint_t ngx_http_dsv4_admin(ngx_http_request_t *r);
 ngx_uint_t ngx_http_dsv4_key_allows(ngx_http_dsv4_ctx_t *ctx,

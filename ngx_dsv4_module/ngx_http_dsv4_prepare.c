@@ -1384,6 +1384,23 @@ ngx_http_dsv4_prep_detokenize(ngx_http_dsv4_prep_t *prep)
 }
 
 
+/* Prompt tokens of the request: each prompt once, whatever n is. */
+
+ngx_uint_t
+ngx_http_dsv4_prep_prompt_tokens(ngx_http_dsv4_prep_t *prep)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < prep->nprompts; i++) {
+        n += prep->nids[i];
+    }
+
+    return n;
+}
+
+
 void
 ngx_http_dsv4_prep_free(ngx_http_dsv4_prep_t *prep)
 {

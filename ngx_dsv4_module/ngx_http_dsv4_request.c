@@ -605,9 +605,7 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
     po.stop = (const char *const *) prep->stop;
     po.n_stop = prep->nstop;
 
-    for (i = 0; i < prep->nprompts; i++) {
-        ctx->prompt_tokens += prep->nids[i];
-    }
+    ctx->prompt_tokens = ngx_http_dsv4_prep_prompt_tokens(prep);
 
     /*
      * dsv4_cache_scope key: only requests with the same key share cached
@@ -627,15 +625,10 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
             salt.data = (u_char *) ctx->lim->key.tenant;
             salt.len = ngx_strlen(salt.data);
 
-        } else if (r->headers_in.authorization != NULL) {
+        } else if (ngx_http_dsv4_bearer(r, &salt) != NGX_OK
+                   && r->headers_in.authorization != NULL)
+        {
             salt = r->headers_in.authorization->value;
-
-            if (salt.len > 7
-                && ngx_strncasecmp(salt.data, (u_char *) "Bearer ", 7) == 0)
-            {
-                salt.data += 7;
-                salt.len -= 7;
-            }
         }
     }
 
