@@ -9,12 +9,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Hidden: the kernels' inner loops then address the tables directly instead
+ * of through the GOT, even in the nginx module's shared object. */
+#define DSV4_TABLE extern __attribute__((visibility("hidden")))
+
 /* e4m3fn byte -> float (bias 7, max 448, subnormals, 0x7F/0xFF = NaN) */
-extern float dsv4_e4m3_table[256];
+DSV4_TABLE float dsv4_e4m3_table[256];
 /* e8m0 byte b -> 2^(b-127) (0xFF = NaN) */
-extern float dsv4_e8m0_table[256];
+DSV4_TABLE float dsv4_e8m0_table[256];
 /* e2m1 nibble -> float: 0 .5 1 1.5 2 3 4 6 and the negatives (bit 3 = sign) */
-extern const float dsv4_e2m1_table[16];
+DSV4_TABLE const float dsv4_e2m1_table[16];
 
 /* Fills the tables; idempotent and thread-safe (pthread_once). */
 void dsv4_formats_init(void);

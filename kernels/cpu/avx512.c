@@ -8,8 +8,8 @@
  * 2^8 folded into the scale), or, faster, straight into float bits (value *
  * 2^-120) against a copy of x pre-multiplied by scale * 2^120 (deq_fp8x).
  * FP4 uses the 16-entry table of e2m1 values, scaled per block: vpermps
- * looks up 16 nibbles at once, and one vpermt2d per 16 outputs puts the
- * low/high nibbles back in element order.
+ * looks up 16 nibbles at once, after a vpermd and a variable shift put each
+ * element's nibble at the bottom of its lane.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -117,21 +117,23 @@ deq_fp8x(const uint8_t *p, int n, vf out[2])
 }
 
 /* 16 bytes of e2m1 pairs times scale s -> 2 vectors, natural order: the
- * table of the 16 values is scaled once (exact: s is a power of two) */
+ * table of the 16 values is scaled once (exact: s is a power of two); lane l
+ * of out[h] takes dword 2h + l / 8 shifted right by 4 (l % 8), and vpermps
+ * reads only the low four bits of each index */
 DSV4_AV void
 deq_fp4s(const uint8_t *p, float s, vf out[2])
 {
     const vf      tab = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
                                        -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
-    const __m512i il0 = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i il1 = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27,
-                                          12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512i d0 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m512i d1 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m512i sh = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28,
+                                         0, 4, 8, 12, 16, 20, 24, 28);
     vf            ts = _mm512_mul_ps(tab, _mm512_set1_ps(s));
-    __m512i       b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *) p));
-    __m512i       lo = _mm512_and_si512(b, _mm512_set1_epi32(0xF)), hi = _mm512_srli_epi32(b, 4);
+    __m512i       b = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *) p));
 
-    out[0] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il0, hi), ts);
-    out[1] = _mm512_permutexvar_ps(_mm512_permutex2var_epi32(lo, il1, hi), ts);
+    out[0] = _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_permutexvar_epi32(d0, b), sh), ts);
+    out[1] = _mm512_permutexvar_ps(_mm512_srlv_epi32(_mm512_permutexvar_epi32(d1, b), sh), ts);
 }
 
 DSV4_AV void

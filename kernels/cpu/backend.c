@@ -101,8 +101,12 @@ dsv4_cpu_tls_floats(size_t n)
 
 /* Below this many multiply-adds a parallel job costs more than it saves. */
 #define DSV4_TASK_MIN_MACS   (32 * 1024)
-/* Tasks per thread and job: more than one so a preempted thread is covered. */
+/* Tasks per thread and job: more than one so a preempted thread is covered
+ * (and, for attention and the indexer, so uneven heads/keys even out)... */
 #define DSV4_TASKS_PER_THREAD 4
+/* ...except for GEMVs (decode), which stream weights from memory: one
+ * contiguous row range per thread keeps each prefetch stream long. */
+#define DSV4_GEMV_TASKS_PER_THREAD 1
 /* OpenBLAS path: only for at least this many tokens, in row chunks of this. */
 #define DSV4_BLAS_MIN_N      16
 #define DSV4_BLAS_ROWS       64
@@ -236,7 +240,7 @@ dsv4_mat_bytes(const dsv4_mat *w, int rows)
 }
 
 /* Rows of one job per task: whole tiles, at least DSV4_TASK_MIN_MACS each,
- * about DSV4_TASKS_PER_THREAD tasks per thread. */
+ * about DSV4_TASKS_PER_THREAD (GEMV: DSV4_GEMV_TASKS_PER_THREAD) per thread. */
 static int
 dsv4_mm_rows_per_task(const dsv4_cpu *c, const dsv4_matmul_job *j, int blas)
 {
@@ -244,8 +248,8 @@ dsv4_mm_rows_per_task(const dsv4_cpu *c, const dsv4_matmul_job *j, int blas)
     int    grain = blas ? DSV4_BLAS_ROWS : j->n <= 4 ? 4 : 24;
     double per_row = (double) j->w->cols * j->n;
     int    min_rows = (int) (DSV4_TASK_MIN_MACS / per_row) + 1;
-    int    target = (rows + c->nthreads * DSV4_TASKS_PER_THREAD - 1)
-                    / (c->nthreads * DSV4_TASKS_PER_THREAD);
+    int    per_thread = j->n <= 4 ? DSV4_GEMV_TASKS_PER_THREAD : DSV4_TASKS_PER_THREAD;
+    int    target = (rows + c->nthreads * per_thread - 1) / (c->nthreads * per_thread);
     int    r = min_rows > target ? min_rows : target;
 
     return (r + grain - 1) / grain * grain;

@@ -60,7 +60,7 @@ typedef struct {
 
 /* e8m0 byte -> 2^(b-127) * 2^8: FP8 block scales with the 2^-8 of the
  * half-precision conversion folded in (filled by the backend constructor). */
-extern float dsv4_cpu_e8m0_x256[256];
+extern __attribute__((visibility("hidden"))) float dsv4_cpu_e8m0_x256[256];
 
 extern const dsv4_cpu_kernels dsv4_cpu_kernels_generic;
 #if defined(__x86_64__) || defined(__i386__)

@@ -40,6 +40,7 @@
 #define NV          (32 / VL)
 #define GEMV_MAXN   4                           /* tokens up to which GEMV is used */
 #define GEMM_RB     (GEMM_NR * GEMM_PANELS)     /* rows per packed block */
+#define GEMV_AHEAD  8192                        /* bytes a GEMV prefetches ahead */
 #define GEMM_KC     512                         /* columns per packed block (x 32) */
 #define GEMM_TB     32                          /* tokens per accumulator block */
 #define DSV4_INLINE static inline __attribute__((always_inline)) DSV4_TARGET
@@ -133,6 +134,20 @@ dsv4_unit_bytes(int fmt)
     return fmt == DSV4_MAT_F32 ? 128 : fmt == DSV4_MAT_BF16 ? 64 : fmt == DSV4_MAT_FP4 ? 16 : 32;
 }
 
+/* The row advanced past the 32-column unit at column k: the next unit is
+ * then at offset 0 (an FP8 scale byte covers four units). */
+DSV4_INLINE dsv4_row
+dsv4_row_next(int fmt, dsv4_row row, int k)
+{
+    row.data += dsv4_unit_bytes(fmt);
+    if (fmt == DSV4_MAT_FP4) {
+        row.scale += 1;
+    } else if (fmt == DSV4_MAT_FP8) {
+        row.scale += (k & 127) == 96;
+    }
+    return row;
+}
+
 /* GEMV tile: GEMV_RT(nt) rows from r0 (nr valid) against nt <= GEMV_MAXN
  * tokens, each weight vector dequantised once in registers and used by every
  * token.  Rows past nr repeat the last one (computed, not stored). */
@@ -146,27 +161,30 @@ dsv4_gemv_tile(int fmt, int nt, const dsv4_mat *w, int r0, int nr, const float *
     dsv4_row  rows[RT];
     int       K = w->cols, k;
     /* decode rows are short (a few hundred bytes to a few KB), too short for
-     * the hardware prefetchers to ramp up: each unit also prefetches the
-     * same columns of the next tile's rows (harmless past the matrix end) */
-    size_t    ahead = (size_t) rt * (size_t) K * dsv4_unit_bytes(fmt) / 32;
+     * the hardware prefetchers to ramp up, and a tile's rows are adjacent in
+     * memory: each unit prefetches GEMV_AHEAD bytes further on (harmless
+     * past the matrix end) */
+    const size_t ahead = GEMV_AHEAD;
 
     DSV4_UNROLL
     for (int i = 0; i < rt; i++) {
         rows[i] = dsv4_row_at(fmt, w, r0 + (i < nr ? i : nr - 1));
         if (fmt == DSV4_MAT_FP4) {
-            __builtin_prefetch(rows[i].scale + (size_t) rt * (K / 32));
+            __builtin_prefetch(rows[i].scale + ahead / 16);
         }
         DSV4_UNROLL
         for (int t = 0; t < nt; t++) {
             acc[i][t] = vf_zero();
         }
     }
+    /* rows[i] walks along its row: each unit is read at offset 0 */
     for (k = 0; k + 32 <= K; k += 32) {
         DSV4_UNROLL
         for (int i = 0; i < rt; i++) {
             vf wv[NV];
-            __builtin_prefetch(rows[i].data + ahead + (size_t) k / 32 * dsv4_unit_bytes(fmt));
-            dsv4_unit(fmt, rows[i], k, 32, wv);
+            __builtin_prefetch(rows[i].data + ahead);
+            dsv4_unit(fmt, rows[i], 0, 32, wv);
+            rows[i] = dsv4_row_next(fmt, rows[i], k);
             DSV4_UNROLL
             for (int v = 0; v < NV; v++) {
                 DSV4_UNROLL
@@ -181,7 +199,7 @@ dsv4_gemv_tile(int fmt, int nt, const dsv4_mat *w, int r0, int nr, const float *
         int n = K - k;
         for (int i = 0; i < rt; i++) {
             vf wv[NV];
-            dsv4_unit(fmt, rows[i], k, n, wv);
+            dsv4_unit(fmt, rows[i], 0, n, wv);
             for (int v = 0; v < NV; v++) {
                 int m = n - v * VL;
                 for (int t = 0; t < nt; t++) {
@@ -204,7 +222,14 @@ dsv4_gemv_nt(int fmt, int nt, const dsv4_mat *w, int r0, int r1, const float *x,
              float *y, int ldy)
 {
     const int rt = GEMV_RT(nt);
+    /* the tiles prefetch GEMV_AHEAD bytes ahead of themselves: start the
+     * stream for the first GEMV_AHEAD bytes of the row range here */
+    dsv4_row  first = dsv4_row_at(fmt, w, r0);
+    size_t    lead = (size_t) (r1 - r0) * (size_t) w->cols * dsv4_unit_bytes(fmt) / 32;
 
+    for (size_t off = 0; off < lead && off < GEMV_AHEAD; off += 64) {
+        __builtin_prefetch(first.data + off);
+    }
     for (int r = r0; r < r1; r += rt) {
         dsv4_gemv_tile(fmt, nt, w, r, r1 - r < rt ? r1 - r : rt, x, ldx, y + (r - r0), ldy);
     }
