@@ -428,20 +428,6 @@ dsv4_attention(dsv4_ctx *c, const dsv4_layer_w *lw, int l)
 
 /* ---- MoE (§4.8) -------------------------------------------------------- */
 
-/* SwiGLU with the clamp, in place into g: silu(min(g, L)) * clamp(u, -L, L) * w. */
-static void
-dsv4_swiglu(float *g, const float *u, int n, float limit, float w)
-{
-    for (int k = 0; k < n; k++) {
-        float gk = g[k], uk = u[k];
-        if (limit > 0) {
-            gk = fminf(gk, limit);
-            uk = fminf(fmaxf(uk, -limit), limit);
-        }
-        g[k] = gk * dsv4_sigmoid(gk) * uk * w;
-    }
-}
-
 /* Routing of every row of the step: route_sel/route_w [n, k]. */
 static void
 dsv4_moe_route(dsv4_ctx *c, const dsv4_layer_w *lw)
@@ -527,8 +513,8 @@ dsv4_moe_experts(dsv4_ctx *c, const dsv4_moe_w *f, int i0, int i1,
     be->matmul_batch(be, c->jobs, nj);
     for (int a = 0; a < na; a++) {
         int p = c->route_pos[a];
-        dsv4_swiglu(c->eh1 + (size_t) p * I, c->eh3 + (size_t) p * I, I, cfg->swiglu_limit,
-                    c->route_w[(size_t) i0 * k + a]);
+        be->swiglu(be, c->eh1 + (size_t) p * I, c->eh3 + (size_t) p * I, I, cfg->swiglu_limit,
+                   c->route_w[(size_t) i0 * k + a]);
     }
     nj = 0;
     for (int e = 0; e < E; e++) {
@@ -568,7 +554,8 @@ dsv4_moe(dsv4_ctx *c, const dsv4_layer_w *lw)
     };
     be->matmul_batch(be, first, 3);
     for (int i = 0; i < n; i++) {
-        dsv4_swiglu(c->h1 + (size_t) i * I, c->h3 + (size_t) i * I, I, cfg->swiglu_limit, 1.0f);
+        be->swiglu(be, c->h1 + (size_t) i * I, c->h3 + (size_t) i * I, I, cfg->swiglu_limit,
+                   1.0f);
     }
     dsv4_moe_route(c, lw);
     /* the shared expert's w2 writes y before any routed output is added; it

@@ -70,6 +70,11 @@ struct dsv4_backend {
     void (*rope)(const dsv4_backend *be, float *v, int npairs, int pos, const float *freqs,
                  int sign);
 
+    /* The MoE expert activation, in place: g[k] = silu(min(g[k], limit)) *
+     * clamp(u[k], -limit, limit) * w (limit <= 0: no clamping). */
+    void (*swiglu)(const dsv4_backend *be, float *g, const float *u, int n, float limit,
+                   float w);
+
     /* In-place fake quantisation of v[n] in blocks of `block`:
      * fp8: e4m3 with scale 2^ceil(log2(max(amax,1e-4)/448)),
      * fp4: e2m1 with scale 2^ceil(log2(max(amax,6*2^-126)/6)). */

@@ -47,6 +47,7 @@ DSV4_AV vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 DSV4_AV vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 DSV4_AV vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 DSV4_AV vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+DSV4_AV vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 DSV4_AV vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 DSV4_AV vf vf_swap_pairs(vf v) { return _mm256_permute_ps(v, 0xB1); }
 

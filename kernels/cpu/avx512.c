@@ -45,6 +45,7 @@ DSV4_AV vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 DSV4_AV vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 DSV4_AV vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 DSV4_AV vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+DSV4_AV vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 DSV4_AV vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 DSV4_AV vf vf_swap_pairs(vf v) { return _mm512_permute_ps(v, 0xB1); }
 DSV4_AV __mmask16 dsv4_k16(int n) { return (__mmask16) ((1u << n) - 1); }

@@ -339,6 +339,12 @@ dsv4_cpu_matmul(const dsv4_backend *be, const dsv4_mat *w, int row_begin, int ro
 /* ---- small ops ----------------------------------------------------------- */
 
 static void
+dsv4_cpu_swiglu(const dsv4_backend *be, float *g, const float *u, int n, float limit, float w)
+{
+    dsv4_cpu_of(be)->k->swiglu(g, u, n, limit, w);
+}
+
+static void
 dsv4_cpu_rmsnorm(const dsv4_backend *be, float *y, const float *x, const float *w, int d,
                  float eps)
 {
@@ -580,6 +586,7 @@ dsv4_backend_cpu_new_opts(const dsv4_cpu_opts *o, char *err, size_t errlen)
     c->be.matmul = dsv4_cpu_matmul;
     c->be.matmul_batch = dsv4_cpu_matmul_batch;
     c->be.rmsnorm = dsv4_cpu_rmsnorm;
+    c->be.swiglu = dsv4_cpu_swiglu;
     c->be.rope = dsv4_cpu_rope;
     c->be.fake_quant_fp8 = dsv4_cpu_fake_quant_fp8;
     c->be.fake_quant_fp4 = dsv4_cpu_fake_quant_fp4;

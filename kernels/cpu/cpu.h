@@ -44,6 +44,7 @@ typedef struct {
     void (*dequant_rows)(const dsv4_mat *w, int r0, int r1, float *dst);
 
     void  (*rmsnorm)(float *y, const float *x, const float *w, int d, float eps);
+    void  (*swiglu)(float *g, const float *u, int n, float limit, float w);
     /* v[0 .. n2) rotated pairwise by cd = (c0 c0 c1 c1 ...), sd = (-s0 s0 -s1 s1 ...) */
     void  (*rope)(float *v, int n2, const float *cd, const float *sd);
     void  (*hadamard)(float *v, int n);

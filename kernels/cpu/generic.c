@@ -57,6 +57,7 @@ DSV4_GV_BINOP(vf_sub, a.l[i] - b.l[i])
 DSV4_GV_BINOP(vf_mul, a.l[i] * b.l[i])
 DSV4_GV_BINOP(vf_div, a.l[i] / b.l[i])
 DSV4_GV_BINOP(vf_max, fmaxf(a.l[i], b.l[i]))
+DSV4_GV_BINOP(vf_min, fminf(a.l[i], b.l[i]))
 #undef DSV4_GV_BINOP
 
 DSV4_GV vf

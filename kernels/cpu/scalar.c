@@ -96,6 +96,19 @@ dsv4_scalar_rmsnorm(const dsv4_backend *be, float *y, const float *x, const floa
 }
 
 static void
+dsv4_scalar_swiglu(const dsv4_backend *be, float *g, const float *u, int n, float limit, float w)
+{
+    for (int k = 0; k < n; k++) {
+        float gk = g[k], uk = u[k];
+        if (limit > 0) {
+            gk = fminf(gk, limit);
+            uk = fminf(fmaxf(uk, -limit), limit);
+        }
+        g[k] = gk * (1.0f / (1.0f + expf(-gk))) * uk * w;
+    }
+}
+
+static void
 dsv4_scalar_rope(const dsv4_backend *be, float *v, int npairs, int pos, const float *freqs, int sign)
 {
     for (int i = 0; i < npairs; i++) {
@@ -270,6 +283,7 @@ static const dsv4_backend dsv4_cpu_scalar = {
     .matmul = dsv4_scalar_matmul,
     .matmul_batch = dsv4_scalar_matmul_batch,
     .rmsnorm = dsv4_scalar_rmsnorm,
+    .swiglu = dsv4_scalar_swiglu,
     .rope = dsv4_scalar_rope,
     .fake_quant_fp8 = dsv4_scalar_fake_quant_fp8,
     .fake_quant_fp4 = dsv4_scalar_fake_quant_fp4,

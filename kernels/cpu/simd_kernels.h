@@ -15,7 +15,8 @@
  *   ATT_HB, ATT_DB      attention register tile: heads x dim vectors
  *   vf_zero() vf_set1(f) vf_load(p) vf_loadn(p, n) vf_store(p, v) vf_storen(p, v, n)
  *                       (the n forms touch only lanes < n; loadn zero-fills the rest)
- *   vf_add vf_sub vf_mul vf_div vf_max vf_fma(a, b, c) = a*b + c (one rounding)
+ *   vf_add vf_sub vf_mul vf_div vf_fma(a, b, c) = a*b + c (one rounding)
+ *   vf_max vf_min       a NaN in a gives b (as fmaxf/fminf)
  *   vf_hsum(v)          lane sum by one fixed tree
  *   vf_exp(v)           e^v; 0 below -87.3 (and for -inf); within 2 ulp of expf
  *   vf_swap_pairs(v)    lanes (0 1)(2 3)... exchanged
@@ -564,6 +565,30 @@ dsv4_k_rmsnorm(float *y, const float *x, const float *w, int d, float eps)
     }
 }
 
+/* silu(min(g, limit)) * clamp(u, +-limit) * w; lanes past n are computed on
+ * zeros and not stored */
+static DSV4_TARGET void
+dsv4_k_swiglu(float *g, const float *u, int n, float limit, float w)
+{
+    vf hi = vf_set1(limit), lo = vf_set1(-limit), one = vf_set1(1.0f), wv = vf_set1(w);
+
+    for (int i = 0; i < n; i += VL) {
+        int m = n - i < VL ? n - i : VL;
+        vf  gv = m == VL ? vf_load(g + i) : vf_loadn(g + i, m);
+        vf  uv = m == VL ? vf_load(u + i) : vf_loadn(u + i, m);
+        if (limit > 0) {
+            gv = vf_min(gv, hi);
+            uv = vf_min(vf_max(uv, lo), hi);
+        }
+        vf  y = vf_mul(vf_mul(vf_div(gv, vf_add(one, vf_exp(vf_sub(vf_zero(), gv)))), uv), wv);
+        if (m == VL) {
+            vf_store(g + i, y);
+        } else {
+            vf_storen(g + i, y, m);
+        }
+    }
+}
+
 /* v[0 .. n2) rotated pairwise: cd = (c0 c0 c1 c1 ...), sd = (-s0 s0 -s1 s1 ...)
  * with the sign of the rotation already in s. */
 static DSV4_TARGET void
@@ -801,6 +826,7 @@ const dsv4_cpu_kernels DSV4_KERNELS = {
     .matmul_rows = dsv4_k_matmul_rows,
     .dequant_rows = dsv4_k_dequant_rows,
     .rmsnorm = dsv4_k_rmsnorm,
+    .swiglu = dsv4_k_swiglu,
     .rope = dsv4_k_rope,
     .hadamard = dsv4_k_hadamard,
     .attention = dsv4_k_attention,

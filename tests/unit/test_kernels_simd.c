@@ -10,7 +10,7 @@
  *                 error": float32 summation of K terms is bounded by about
  *                 K * 2^-24 of that sum); bound 1e-5.
  *   other ops     max |y - ref| / max(1, max |ref|) ("rel-to-max"); bounds
- *                 per op below: rope 1e-6, rmsnorm 1e-5 (4096-term sums),
+ *                 per op below: rope 1e-6, swiglu 1e-6, rmsnorm 1e-5 (4096-term sums),
  *                 attention / pooling / indexer 1e-5 (exp is a polynomial).
  *   hadamard      bit-identical (same butterflies).
  * And the properties the engine's consistency relies on, checked exactly
@@ -296,6 +296,22 @@ test_ops(const dsv4_backend *be, const dsv4_backend *sc)
         sc->rmsnorm(sc, o2, a, NULL, ds[i], 1e-6f);
         e = rel_to_max(o1, o2, ds[i]);
         TEST_CHECK(e <= 1e-5, "%s rmsnorm in place d=%d: rel-to-max %.3g", be->name, ds[i], e);
+    }
+    /* swiglu: clamped and not, odd lengths (tails), values beyond the clamp */
+    static const int sws[] = { 1, 7, 37, 512, 1000 };
+    for (size_t i = 0; i < sizeof(sws) / sizeof(sws[0]); i++) {
+        for (int clamp = 0; clamp <= 1; clamp++) {
+            float limit = clamp ? 2.0f : 0.0f;
+            for (int k = 0; k < sws[i]; k++) {
+                o1[k] = o2[k] = 4.0f * a[k];
+                sc1[k] = 4.0f * w[k] * a[MAXN - 1 - k];
+            }
+            be->swiglu(be, o1, sc1, sws[i], limit, 1.5f);
+            sc->swiglu(sc, o2, sc1, sws[i], limit, 1.5f);
+            double e = rel_to_max(o1, o2, sws[i]);
+            TEST_CHECK(e <= 1e-6, "%s swiglu n=%d limit=%g: rel-to-max %.3g > 1e-6", be->name,
+                       sws[i], limit, e);
+        }
     }
     /* rope, both directions, cache hits and misses, > 256 pairs (scalar path) */
     for (int i = 0; i < 400; i++) {
