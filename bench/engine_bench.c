@@ -607,6 +607,13 @@ main(int argc, char **argv)
     double bound16 = 16.0 * bstep[0] / bstep[2];
     printf("  bandwidth bound on batch 16 / batch 1 for this model: %.2f (the experts chosen by "
            "16 sequences: %.1fx the bytes of one)\n", bound16, bstep[2] / bstep[0]);
+    /* and if every step ran its matmuls at this machine's sgemm rate, a
+     * 16-sequence step could not take less than 16 x FLOP per token / rate */
+    double flop_tok = (double) fl512 / 512, sgemm_best = fmax(sg512, sg2048);
+    double cbound16 = flop_tok > 0 && agg[0] > 0 ? sgemm_best * 1e9 / flop_tok / agg[0] : 0.0;
+    printf("  compute bound on batch 16 / batch 1 on this machine: %.2f (%.0f MFLOP per token "
+           "at the sgemm rate of %.1f GFLOP/s: at most %.1f tokens/s)\n", cbound16,
+           flop_tok / 1e6, sgemm_best, sgemm_best * 1e9 / flop_tok);
 
     printf("\nload average at the end: ");
     FILE *la = fopen("/proc/loadavg", "r");
@@ -635,6 +642,7 @@ main(int argc, char **argv)
     printf("batch4_tokens_per_s %.2f\n", agg[1]);
     printf("batch16_tokens_per_s %.2f\n", agg[2]);
     printf("batch16_bandwidth_bound %.2f\n", bound16);
+    printf("batch16_compute_bound %.2f\n", cbound16);
     printf("batch16_speedup %.2f\n", agg[2] / agg[0]);
     /* the three closing lines (prefill: the lower of the two sizes) */
     printf("decode_bandwidth_fraction %.2f\n", dec_bw / bw);

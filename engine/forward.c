@@ -63,7 +63,6 @@ struct dsv4_ctx {
     float *iw;         /* [n, Hi] indexer head weights */
     float *glog;       /* [n, E] gate logits */
     float *h1, *h3;    /* [n, I] expert hidden */
-    float *tmp;        /* [hc*D] copy of one token's streams for HC_POST */
     float *head_in;    /* [D] */
     float *mtp_x;      /* [hc*D] MTP block streams */
     float *mtp_e;      /* [D] */
@@ -156,16 +155,7 @@ dsv4_hc_post(dsv4_ctx *c, float *x, const float *o, int n)
         const float *oi = o + (size_t) i * D;
         const float *post = c->post + (size_t) i * hc, *comb = c->comb + (size_t) i * hc * hc;
 
-        memcpy(c->tmp, xi, (size_t) hc * D * sizeof(float));
-        for (int k = 0; k < hc; k++) {
-            for (int d = 0; d < D; d++) {
-                float acc = post[k] * oi[d];
-                for (int j = 0; j < hc; j++) {
-                    acc += comb[j * hc + k] * c->tmp[(size_t) j * D + d];
-                }
-                xi[(size_t) k * D + d] = acc;
-            }
-        }
+        c->be->hc_post(c->be, xi, oi, post, comb, hc, D);
     }
 }
 
@@ -820,7 +810,7 @@ dsv4_ctx_new(const dsv4_model *m, const dsv4_backend *be, int max_chunk, int max
         || ALLOC(c->iq, n * cfg->index_n_heads * cfg->index_head_dim)
         || ALLOC(c->iw, n * cfg->index_n_heads) || ALLOC(c->glog, n * cfg->n_routed_experts)
         || ALLOC(c->h1, n * cfg->moe_inter_dim) || ALLOC(c->h3, n * cfg->moe_inter_dim)
-        || ALLOC(c->tmp, (size_t) hc * D) || ALLOC(c->head_in, D)
+        || ALLOC(c->head_in, D)
         || ALLOC(c->mtp_x, (size_t) hc * D) || ALLOC(c->mtp_e, D) || ALLOC(c->mtp_h, (size_t) hc * D)
         || ALLOC(c->keys, max_keys) || ALLOC(c->scores, nscores)
         || ALLOC(c->topk, cfg->index_topk) || ALLOC(c->pool_kv, 2 * max_ratio)
@@ -847,7 +837,7 @@ dsv4_ctx_free(dsv4_ctx *c)
     }
     float *bufs[] = { c->x, c->post, c->comb, c->mix, c->a, c->qr, c->q, c->kv, c->o, c->olow,
                       c->y, c->ck, c->cz, c->ik, c->iz, c->iq, c->iw, c->glog, c->h1, c->h3,
-                      c->tmp, c->head_in, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
+                      c->head_in, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
                       c->route_w, c->xa, c->eh1, c->eh3, c->eyb };
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         free(bufs[i]);

@@ -75,6 +75,11 @@ struct dsv4_backend {
     void (*swiglu)(const dsv4_backend *be, float *g, const float *u, int n, float limit,
                    float w);
 
+    /* mHC post-mixing of one token's hc <= 16 streams x [hc, d], in place:
+     * x[k] <- post[k] o + sum_j comb[j * hc + k] x[j], j in increasing order. */
+    void (*hc_post)(const dsv4_backend *be, float *x, const float *o, const float *post,
+                    const float *comb, int hc, int d);
+
     /* In-place fake quantisation of v[n] in blocks of `block`:
      * fp8: e4m3 with scale 2^ceil(log2(max(amax,1e-4)/448)),
      * fp4: e2m1 with scale 2^ceil(log2(max(amax,6*2^-126)/6)). */

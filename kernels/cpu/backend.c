@@ -345,6 +345,13 @@ dsv4_cpu_swiglu(const dsv4_backend *be, float *g, const float *u, int n, float l
 }
 
 static void
+dsv4_cpu_hc_post(const dsv4_backend *be, float *x, const float *o, const float *post,
+                 const float *comb, int hc, int d)
+{
+    dsv4_cpu_of(be)->k->hc_post(x, o, post, comb, hc, d);
+}
+
+static void
 dsv4_cpu_rmsnorm(const dsv4_backend *be, float *y, const float *x, const float *w, int d,
                  float eps)
 {
@@ -587,6 +594,7 @@ dsv4_backend_cpu_new_opts(const dsv4_cpu_opts *o, char *err, size_t errlen)
     c->be.matmul_batch = dsv4_cpu_matmul_batch;
     c->be.rmsnorm = dsv4_cpu_rmsnorm;
     c->be.swiglu = dsv4_cpu_swiglu;
+    c->be.hc_post = dsv4_cpu_hc_post;
     c->be.rope = dsv4_cpu_rope;
     c->be.fake_quant_fp8 = dsv4_cpu_fake_quant_fp8;
     c->be.fake_quant_fp4 = dsv4_cpu_fake_quant_fp4;

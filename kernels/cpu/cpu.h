@@ -45,6 +45,8 @@ typedef struct {
 
     void  (*rmsnorm)(float *y, const float *x, const float *w, int d, float eps);
     void  (*swiglu)(float *g, const float *u, int n, float limit, float w);
+    void  (*hc_post)(float *x, const float *o, const float *post, const float *comb, int hc,
+                     int d);
     /* v[0 .. n2) rotated pairwise by cd = (c0 c0 c1 c1 ...), sd = (-s0 s0 -s1 s1 ...) */
     void  (*rope)(float *v, int n2, const float *cd, const float *sd);
     void  (*hadamard)(float *v, int n);

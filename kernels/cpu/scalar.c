@@ -109,6 +109,25 @@ dsv4_scalar_swiglu(const dsv4_backend *be, float *g, const float *u, int n, floa
 }
 
 static void
+dsv4_scalar_hc_post(const dsv4_backend *be, float *x, const float *o, const float *post,
+                    const float *comb, int hc, int d)
+{
+    for (int e = 0; e < d; e++) {
+        float old[16];                          /* x[j][e] before the update */
+        for (int j = 0; j < hc; j++) {
+            old[j] = x[(size_t) j * d + e];
+        }
+        for (int k = 0; k < hc; k++) {
+            float acc = post[k] * o[e];
+            for (int j = 0; j < hc; j++) {
+                acc += comb[j * hc + k] * old[j];
+            }
+            x[(size_t) k * d + e] = acc;
+        }
+    }
+}
+
+static void
 dsv4_scalar_rope(const dsv4_backend *be, float *v, int npairs, int pos, const float *freqs, int sign)
 {
     for (int i = 0; i < npairs; i++) {
@@ -284,6 +303,7 @@ static const dsv4_backend dsv4_cpu_scalar = {
     .matmul_batch = dsv4_scalar_matmul_batch,
     .rmsnorm = dsv4_scalar_rmsnorm,
     .swiglu = dsv4_scalar_swiglu,
+    .hc_post = dsv4_scalar_hc_post,
     .rope = dsv4_scalar_rope,
     .fake_quant_fp8 = dsv4_scalar_fake_quant_fp8,
     .fake_quant_fp4 = dsv4_scalar_fake_quant_fp4,

@@ -589,6 +589,32 @@ dsv4_k_swiglu(float *g, const float *u, int n, float limit, float w)
     }
 }
 
+/* x [hc, d] <- post[k] o + sum_j comb[j * hc + k] x[j], a VL-column slice of
+ * every stream at a time (read whole before any is written: no copy) */
+static DSV4_TARGET void
+dsv4_k_hc_post(float *x, const float *o, const float *post, const float *comb, int hc, int d)
+{
+    for (int e = 0; e < d; e += VL) {
+        int m = d - e < VL ? d - e : VL;
+        vf  old[16], ov = m == VL ? vf_load(o + e) : vf_loadn(o + e, m);
+
+        for (int j = 0; j < hc; j++) {
+            old[j] = m == VL ? vf_load(x + (size_t) j * d + e) : vf_loadn(x + (size_t) j * d + e, m);
+        }
+        for (int k = 0; k < hc; k++) {
+            vf acc = vf_mul(vf_set1(post[k]), ov);
+            for (int j = 0; j < hc; j++) {
+                acc = vf_fma(vf_set1(comb[j * hc + k]), old[j], acc);
+            }
+            if (m == VL) {
+                vf_store(x + (size_t) k * d + e, acc);
+            } else {
+                vf_storen(x + (size_t) k * d + e, acc, m);
+            }
+        }
+    }
+}
+
 /* v[0 .. n2) rotated pairwise: cd = (c0 c0 c1 c1 ...), sd = (-s0 s0 -s1 s1 ...)
  * with the sign of the rotation already in s. */
 static DSV4_TARGET void
@@ -827,6 +853,7 @@ const dsv4_cpu_kernels DSV4_KERNELS = {
     .dequant_rows = dsv4_k_dequant_rows,
     .rmsnorm = dsv4_k_rmsnorm,
     .swiglu = dsv4_k_swiglu,
+    .hc_post = dsv4_k_hc_post,
     .rope = dsv4_k_rope,
     .hadamard = dsv4_k_hadamard,
     .attention = dsv4_k_attention,

@@ -10,7 +10,8 @@
  *                 error": float32 summation of K terms is bounded by about
  *                 K * 2^-24 of that sum); bound 1e-5.
  *   other ops     max |y - ref| / max(1, max |ref|) ("rel-to-max"); bounds
- *                 per op below: rope 1e-6, swiglu 1e-6, rmsnorm 1e-5 (4096-term sums),
+ *                 per op below: rope 1e-6, swiglu 1e-6, hc_post 1e-6, rmsnorm 1e-5
+ *                 (4096-term sums),
  *                 attention / pooling / indexer 1e-5 (exp is a polynomial).
  *   hadamard      bit-identical (same butterflies).
  * And the properties the engine's consistency relies on, checked exactly
@@ -312,6 +313,24 @@ test_ops(const dsv4_backend *be, const dsv4_backend *sc)
             TEST_CHECK(e <= 1e-6, "%s swiglu n=%d limit=%g: rel-to-max %.3g > 1e-6", be->name,
                        sws[i], limit, e);
         }
+    }
+    /* hc_post: stream counts up to the limit, widths with tails */
+    static const int hcs[][2] = { { 1, 5 }, { 4, 1024 }, { 4, 37 }, { 16, 100 } };
+    for (size_t i = 0; i < sizeof(hcs) / sizeof(hcs[0]); i++) {
+        int   hc = hcs[i][0], d = hcs[i][1];
+        float post[16], comb[256];
+        for (int k = 0; k < hc; k++) {
+            post[k] = 2.0f * frand();
+        }
+        for (int k = 0; k < hc * hc; k++) {
+            comb[k] = frand();
+        }
+        memcpy(o1, a, (size_t) hc * d * sizeof(float));
+        memcpy(o2, a, (size_t) hc * d * sizeof(float));
+        be->hc_post(be, o1, w, post, comb, hc, d);
+        sc->hc_post(sc, o2, w, post, comb, hc, d);
+        double e = rel_to_max(o1, o2, hc * d);
+        TEST_CHECK(e <= 1e-6, "%s hc_post hc=%d d=%d: rel-to-max %.3g > 1e-6", be->name, hc, d, e);
     }
     /* rope, both directions, cache hits and misses, > 256 pairs (scalar path) */
     for (int i = 0; i < 400; i++) {
