@@ -44,6 +44,7 @@ struct dsv4_cache_redis {
     struct timeval       tv;          /* connect and I/O timeout */
     int                  retry_ms;
     int                  ttl_s;
+    atomic_int           no_getex;    /* the server has no GETEX (Redis < 6.2) */
     size_t               max_value;
     dsv4_cache_ctr      *ctr;
     pthread_mutex_t      mu;
@@ -347,14 +348,16 @@ dsv4_redis_reply_error(dsv4_cache_redis *r, const redisReply *rep, const char *c
 /* Keys of ids[n] into one buffer: keys + k * DSV4_REDIS_KEYLEN. */
 #define DSV4_REDIS_KEYLEN 320
 
-/* Builds n single-key commands NAME KEY(ids[k]) and runs them. */
+/* Builds n single-key commands NAME KEY(ids[k]) TAIL... (ntail <= 2
+ * arguments after the key) and runs them. */
 static int
 dsv4_redis_keyed(dsv4_cache_redis *r, const char *name, const dsv4_cache_id *ids, int n,
-                 redisReply **replies)
+                 const char *const *tail, int ntail, redisReply **replies)
 {
+    int           w = 2 + ntail;              /* arguments per command */
     char         *keys = malloc((size_t) n * DSV4_REDIS_KEYLEN);
-    const char  **args = malloc((size_t) n * 2 * sizeof(*args));
-    size_t       *lens = malloc((size_t) n * 2 * sizeof(*lens));
+    const char  **args = malloc((size_t) n * w * sizeof(*args));
+    size_t       *lens = malloc((size_t) n * w * sizeof(*lens));
     const char ***argv = malloc((size_t) n * sizeof(*argv));
     const size_t **lenv = malloc((size_t) n * sizeof(*lenv));
     int          *argc = malloc((size_t) n * sizeof(*argc));
@@ -364,13 +367,17 @@ dsv4_redis_keyed(dsv4_cache_redis *r, const char *name, const dsv4_cache_id *ids
         for (int k = 0; k < n; k++) {
             char *key = keys + (size_t) k * DSV4_REDIS_KEYLEN;
             dsv4_cache_redis_key(r->prefix, &ids[k], key, DSV4_REDIS_KEYLEN);
-            args[2 * k] = name;
-            lens[2 * k] = strlen(name);
-            args[2 * k + 1] = key;
-            lens[2 * k + 1] = strlen(key);
-            argv[k] = &args[2 * k];
-            lenv[k] = &lens[2 * k];
-            argc[k] = 2;
+            args[w * k] = name;
+            lens[w * k] = strlen(name);
+            args[w * k + 1] = key;
+            lens[w * k + 1] = strlen(key);
+            for (int t = 0; t < ntail; t++) {
+                args[w * k + 2 + t] = tail[t];
+                lens[w * k + 2 + t] = strlen(tail[t]);
+            }
+            argv[k] = &args[w * k];
+            lenv[k] = &lens[w * k];
+            argc[k] = w;
         }
         rc = dsv4_redis_pipeline(r, n, argc, argv, lenv, replies);
     } else {
@@ -398,7 +405,7 @@ dsv4_cache_redis_exists(dsv4_cache_redis *r, const dsv4_cache_id *ids, int n, ui
         atomic_fetch_add(&r->ctr->errors[DSV4_CACHE_ERR_NOMEM], 1);
         return -1;
     }
-    rc = n > 0 ? dsv4_redis_keyed(r, "EXISTS", ids, n, rep) : 0;
+    rc = n > 0 ? dsv4_redis_keyed(r, "EXISTS", ids, n, NULL, 0, rep) : 0;
     for (int k = 0; k < n && rc == 0; k++) {
         if (rep[k]->type == REDIS_REPLY_INTEGER) {
             present[k] = rep[k]->integer > 0;
@@ -415,6 +422,35 @@ dsv4_cache_redis_exists(dsv4_cache_redis *r, const dsv4_cache_id *ids, int n, ui
     return rc;
 }
 
+/* GET, or with a TTL GETEX ... PX, so that a value read keeps living as
+ * long as it is used (the TTL then bounds idle time, as an LRU would).  A
+ * server without GETEX answers "ERR unknown command": the batch is read
+ * again with GET, and GET is used from then on. */
+static int
+dsv4_redis_get_replies(dsv4_cache_redis *r, const dsv4_cache_id *ids, int n, redisReply **rep)
+{
+    char        ttl[32];
+    const char *tail[2] = { "PX", ttl };
+    int         rc;
+
+    if (r->ttl_s <= 0 || atomic_load(&r->no_getex)) {
+        return dsv4_redis_keyed(r, "GET", ids, n, NULL, 0, rep);
+    }
+    snprintf(ttl, sizeof(ttl), "%lld", (long long) r->ttl_s * 1000);
+    rc = dsv4_redis_keyed(r, "GETEX", ids, n, tail, 2, rep);
+    if (rc == 0 && rep[0]->type == REDIS_REPLY_ERROR && rep[0]->str != NULL
+        && strncmp(rep[0]->str, "ERR unknown command", 19) == 0)
+    {
+        atomic_store(&r->no_getex, 1);
+        for (int k = 0; k < n; k++) {
+            freeReplyObject(rep[k]);
+            rep[k] = NULL;
+        }
+        rc = dsv4_redis_keyed(r, "GET", ids, n, NULL, 0, rep);
+    }
+    return rc;
+}
+
 int
 dsv4_cache_redis_get(dsv4_cache_redis *r, const dsv4_cache_id *ids, int n,
                      dsv4_cache_blob **out)
@@ -427,7 +463,7 @@ dsv4_cache_redis_get(dsv4_cache_redis *r, const dsv4_cache_id *ids, int n,
         atomic_fetch_add(&r->ctr->errors[DSV4_CACHE_ERR_NOMEM], 1);
         return -1;
     }
-    rc = n > 0 ? dsv4_redis_keyed(r, "GET", ids, n, rep) : 0;
+    rc = n > 0 ? dsv4_redis_get_replies(r, ids, n, rep) : 0;
     for (int k = 0; k < n && rc == 0; k++) {
         if (rep[k]->type == REDIS_REPLY_NIL) {
             continue;
@@ -499,7 +535,7 @@ int
 dsv4_cache_redis_del(dsv4_cache_redis *r, const dsv4_cache_id *id)
 {
     redisReply *rep;
-    int         rc = dsv4_redis_keyed(r, "DEL", id, 1, &rep);
+    int         rc = dsv4_redis_keyed(r, "DEL", id, 1, NULL, 0, &rep);
 
     if (rc == 0) {
         freeReplyObject(rep);

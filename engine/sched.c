@@ -393,6 +393,12 @@ dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
     dsv4_sched   *s = e->s;
     dsv4_request *r = e->running[i];
 
+    /* out of the running count before the finish is visible: whoever sees
+     * the request finished sees the count without it */
+    e->running[i] = e->running[--e->nrunning];
+    pthread_mutex_lock(&s->mu);
+    s->nrunning--;
+    pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&r->mu);
     r->finish = why;
     if (msg != NULL) {
@@ -405,9 +411,7 @@ dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
     r->sampler = NULL;
     dsv4_constraint_free(r->p.constraint);
     r->p.constraint = NULL;
-    e->running[i] = e->running[--e->nrunning];
     pthread_mutex_lock(&s->mu);
-    s->nrunning--;
     dsv4_sched_mark_ready(s, r);
     pthread_mutex_unlock(&s->mu);
     dsv4_request_release(r);          /* the scheduler's ref */
