@@ -681,13 +681,6 @@ dsv4_tokenizer_load_files(const char *json_path, const char *config_path,
         return -1;
     }
     t->bos_id = t->eos_id = -1;
-    if (pthread_key_create(&t->key, dsv4_tok_thread_exit) != 0) {
-        free(t);
-        json_decref(root);
-        set_err(err, errlen, "pthread_key_create failed");
-        return -1;
-    }
-    pthread_mutex_init(&t->lock, NULL);
 
     c.path = json_path;
     c.err = err;
@@ -765,8 +758,6 @@ dsv4_tokenizer_free(dsv4_tokenizer *t)
         return;
     }
     dsv4_tok_threads_free(t);
-    pthread_key_delete(t->key);
-    pthread_mutex_destroy(&t->lock);
     for (int i = 0; i < t->n_split; i++) {
         pcre2_code_free(t->split[i]);
     }

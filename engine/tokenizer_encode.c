@@ -36,8 +36,9 @@ typedef struct {
 } heap_ent;
 
 struct tok_thread {
-    const dsv4_tokenizer *t;
-    struct tok_thread    *next, *prev;
+    const dsv4_tokenizer *t;             /* NULL once the tokenizer is freed */
+    struct tok_thread    *next, *prev;   /* the tokenizer's list of states */
+    struct tok_thread    *mine;          /* this thread's states, one per tokenizer */
 
     pcre2_match_data     *md;
     pcre2_match_context  *mctx;
@@ -82,35 +83,90 @@ thread_state_free(struct tok_thread *th)
 }
 
 
+/*
+ * Ownership of the states: a thread's states (one per tokenizer it has
+ * used) hang from one process-wide key and are freed when the thread exits;
+ * a tokenizer only lists the states made for it.  Freeing a tokenizer
+ * detaches them (t = NULL): a thread may be exiting at that very moment
+ * (nginx ends its thread pool's threads just before the module frees its
+ * models), so detaching and unlinking share one lock, and only the owner
+ * ever frees a state — the calling thread's detached ones at once.
+ */
+static pthread_mutex_t dsv4_tok_threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t  dsv4_tok_key_once = PTHREAD_ONCE_INIT;
+static pthread_key_t   dsv4_tok_key;
+static int             dsv4_tok_key_ok;
+
 static void
 thread_unlink(dsv4_tokenizer *t, struct tok_thread *th)
 {
     if (th->prev) th->prev->next = th->next; else t->threads = th->next;
     if (th->next) th->next->prev = th->prev;
+    th->next = th->prev = NULL;
 }
 
-
-void
-dsv4_tok_thread_exit(void *state)
+static const dsv4_tokenizer *
+thread_owner(const struct tok_thread *th)
 {
-    struct tok_thread *th = state;
-    dsv4_tokenizer    *t = (dsv4_tokenizer *) th->t;
+    return __atomic_load_n(&th->t, __ATOMIC_ACQUIRE);
+}
 
-    pthread_mutex_lock(&t->lock);
-    thread_unlink(t, th);
-    pthread_mutex_unlock(&t->lock);
-    thread_state_free(th);
+/* The key's destructor: all of an exiting thread's states. */
+static void
+thread_exit(void *head)
+{
+    struct tok_thread *th, *next;
+
+    pthread_mutex_lock(&dsv4_tok_threads_lock);
+    for (th = head; th != NULL; th = th->mine) {
+        if (th->t != NULL) {
+            thread_unlink((dsv4_tokenizer *) th->t, th);
+        }
+    }
+    pthread_mutex_unlock(&dsv4_tok_threads_lock);
+    for (th = head; th != NULL; th = next) {
+        next = th->mine;
+        thread_state_free(th);
+    }
+}
+
+static void
+thread_key_create(void)
+{
+    dsv4_tok_key_ok = pthread_key_create(&dsv4_tok_key, thread_exit) == 0;
+}
+
+/* Frees the calling thread's detached states. */
+static void
+thread_collect(void)
+{
+    struct tok_thread *head = pthread_getspecific(dsv4_tok_key), **pp = &head, *th;
+
+    while ((th = *pp) != NULL) {
+        if (thread_owner(th) == NULL) {
+            *pp = th->mine;
+            thread_state_free(th);
+        } else {
+            pp = &th->mine;
+        }
+    }
+    pthread_setspecific(dsv4_tok_key, head);
 }
 
 
 void
 dsv4_tok_threads_free(dsv4_tokenizer *t)
 {
+    pthread_mutex_lock(&dsv4_tok_threads_lock);
     while (t->threads) {
         struct tok_thread *th = t->threads;
 
         thread_unlink(t, th);
-        thread_state_free(th);
+        __atomic_store_n(&th->t, NULL, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&dsv4_tok_threads_lock);
+    if (dsv4_tok_key_ok) {
+        thread_collect();
     }
 }
 
@@ -119,10 +175,17 @@ static struct tok_thread *
 thread_state(const dsv4_tokenizer *ct)
 {
     dsv4_tokenizer    *t = (dsv4_tokenizer *) ct;   /* only the thread list changes */
-    struct tok_thread *th = pthread_getspecific(t->key);
+    struct tok_thread *head, *th;
 
-    if (th != NULL) {
-        return th;
+    pthread_once(&dsv4_tok_key_once, thread_key_create);
+    if (!dsv4_tok_key_ok) {
+        return NULL;
+    }
+    head = pthread_getspecific(dsv4_tok_key);
+    for (th = head; th != NULL; th = th->mine) {
+        if (thread_owner(th) == t) {
+            return th;
+        }
     }
     th = calloc(1, sizeof(*th));
     if (th == NULL) {
@@ -138,15 +201,16 @@ thread_state(const dsv4_tokenizer *ct)
         return NULL;
     }
     pcre2_jit_stack_assign(th->mctx, NULL, th->jstack);
-    if (pthread_setspecific(t->key, th) != 0) {
+    th->mine = head;
+    if (pthread_setspecific(dsv4_tok_key, th) != 0) {
         thread_state_free(th);
         return NULL;
     }
-    pthread_mutex_lock(&t->lock);
+    pthread_mutex_lock(&dsv4_tok_threads_lock);
     th->next = t->threads;
     if (th->next) th->next->prev = th;
     t->threads = th;
-    pthread_mutex_unlock(&t->lock);
+    pthread_mutex_unlock(&dsv4_tok_threads_lock);
     return th;
 }
 

@@ -1,7 +1,7 @@
 /*
  * Private to tokenizer*.c: the loaded tokenizer's layout.  Everything here
  * is immutable after dsv4_tokenizer_load() except `threads`, the list of
- * per-thread encode states (guarded by its own mutex).
+ * per-thread encode states (see tokenizer_encode.c for who frees them).
  */
 #ifndef DSV4_TOKENIZER_IMPL_H
 #define DSV4_TOKENIZER_IMPL_H
@@ -75,13 +75,10 @@ struct dsv4_tokenizer {
     int32_t      bos_id, eos_id;
 
     /* per-thread encode state */
-    pthread_key_t      key;
-    pthread_mutex_t    lock;
     struct tok_thread *threads;
 };
 
 uint32_t dsv4_tok_hash(const char *s, size_t n);
 void     dsv4_tok_threads_free(struct dsv4_tokenizer *t);
-void     dsv4_tok_thread_exit(void *state);
 
 #endif

@@ -393,6 +393,63 @@ test_threads(const dsv4_tokenizer *t)
 }
 
 
+/* Threads that end while their tokenizer is freed (nginx's thread pool
+ * ends just before the module frees its models): every state is freed once,
+ * by its thread or with the tokenizer, never by both.  Run under valgrind
+ * (tests/scripts/test_valgrind) a double free or a use after free shows. */
+typedef struct {
+    dsv4_tokenizer    *t;
+    pthread_barrier_t *bar;
+} exit_arg;
+
+static void *
+exit_worker(void *p)
+{
+    exit_arg *a = p;
+    int32_t   ids[64];
+    size_t    n;
+
+    dsv4_tokenizer_encode(a->t, "aaaa abc", 8, ids, 64, &n);
+    pthread_barrier_wait(a->bar);       /* then exits while main frees t */
+    return NULL;
+}
+
+static void
+test_exit_while_freeing(void)
+{
+    char err[512] = "";
+    int  loaded = 0;
+
+    for (int round = 0; round < 200; round++) {
+        dsv4_tokenizer   *t = load_json(tiny_json, err, sizeof(err));
+        pthread_barrier_t bar;
+        pthread_t         th[3];
+        exit_arg          a;
+        int32_t           ids[64];
+        size_t            n;
+
+        if (t == NULL) {
+            break;
+        }
+        loaded++;
+        pthread_barrier_init(&bar, NULL, 4);
+        a = (exit_arg) { t, &bar };
+        for (int i = 0; i < 3; i++) {
+            pthread_create(&th[i], NULL, exit_worker, &a);
+        }
+        dsv4_tokenizer_encode(t, "abc", 3, ids, 64, &n);     /* main's own state too */
+        pthread_barrier_wait(&bar);
+        dsv4_tokenizer_free(t);
+        for (int i = 0; i < 3; i++) {
+            pthread_join(th[i], NULL);
+        }
+        pthread_barrier_destroy(&bar);
+    }
+    TEST_CHECK(loaded == 200, "tokenizer freed while its threads exit: %d of 200 rounds (%s)",
+               loaded, err);
+}
+
+
 int
 main(void)
 {
@@ -405,6 +462,7 @@ main(void)
     test_invalid_and_capacity(v3);
     test_decode(v4);
     test_threads(v4);
+    test_exit_while_freeing();
     dsv4_tokenizer_free(v3);
     dsv4_tokenizer_free(v4);
     return TEST_REPORT();
