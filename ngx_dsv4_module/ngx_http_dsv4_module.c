@@ -752,27 +752,92 @@ ngx_http_dsv4_name_taken(ngx_http_dsv4_main_conf_t *dmcf, ngx_str_t *name)
 }
 
 
-static char *
-ngx_http_dsv4_parse_float(ngx_conf_t *cf, ngx_str_t *v, size_t skip,
-    float lo, float hi, float *out)
+/* The numeric dsv4_model parameters: NAME=value in [lo, hi]. */
+
+typedef struct {
+    ngx_str_t                   name;       /* with its '=' */
+    ngx_uint_t                  integer;    /* ngx_int_t, else float */
+    double                      lo;
+    double                      hi;
+    size_t                      offset;     /* in ngx_http_dsv4_model_t */
+} ngx_http_dsv4_model_number_t;
+
+
+static ngx_http_dsv4_model_number_t  ngx_http_dsv4_model_numbers[] = {
+    { ngx_string("max_ctx="), 1, 2, NGX_MAX_INT32_VALUE,
+      offsetof(ngx_http_dsv4_model_t, max_ctx) },
+    { ngx_string("max_tokens="), 1, 1, NGX_MAX_INT32_VALUE,
+      offsetof(ngx_http_dsv4_model_t, max_tokens) },
+    { ngx_string("top_k="), 1, 0, NGX_MAX_INT32_VALUE,
+      offsetof(ngx_http_dsv4_model_t, top_k) },
+    { ngx_string("temperature="), 0, 0, DSV4_SAMPLE_MAX_TEMPERATURE,
+      offsetof(ngx_http_dsv4_model_t, temperature) },
+    { ngx_string("top_p="), 0, 1e-6, 1,
+      offsetof(ngx_http_dsv4_model_t, top_p) },
+    { ngx_string("min_p="), 0, 0, 1,
+      offsetof(ngx_http_dsv4_model_t, min_p) }
+};
+
+
+/* NGX_DECLINED: v is none of them; NGX_ERROR: logged */
+
+static ngx_int_t
+ngx_http_dsv4_model_number(ngx_conf_t *cf, ngx_http_dsv4_model_t *m,
+    ngx_str_t *v)
 {
-    char    *end;
-    double   d;
+    char                          *end;
+    double                         d;
+    ngx_int_t                      k;
+    ngx_uint_t                     i;
+    ngx_http_dsv4_model_number_t  *n;
 
-    /* configuration tokens are NUL-terminated */
+    for (i = 0; i < sizeof(ngx_http_dsv4_model_numbers)
+                    / sizeof(ngx_http_dsv4_model_numbers[0]); i++)
+    {
+        n = &ngx_http_dsv4_model_numbers[i];
 
-    d = strtod((char *) v->data + skip, &end);
+        if (v->len < n->name.len
+            || ngx_strncmp(v->data, n->name.data, n->name.len) != 0)
+        {
+            continue;
+        }
 
-    if (v->len == skip || *end != '\0' || !(d >= lo && d <= hi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\", expected a number "
-                           "in [%.2f, %.2f]", v, (double) lo, (double) hi);
-        return NGX_CONF_ERROR;
+        if (n->integer) {
+            k = ngx_atoi(v->data + n->name.len, v->len - n->name.len);
+            d = k == NGX_ERROR ? -1.0 : (double) k;
+            end = "";
+
+        } else {
+            /* configuration tokens are NUL-terminated */
+            d = strtod((char *) v->data + n->name.len, &end);
+        }
+
+        if (v->len == n->name.len || *end != '\0' || !(d >= n->lo && d <= n->hi)) {
+            if (n->integer) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid value \"%V\", expected an "
+                                   "integer in [%i, %i]", v,
+                                   (ngx_int_t) n->lo, (ngx_int_t) n->hi);
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid value \"%V\", expected a "
+                                   "number in [%.2f, %.2f]", v, n->lo, n->hi);
+            }
+
+            return NGX_ERROR;
+        }
+
+        if (n->integer) {
+            *(ngx_int_t *) ((u_char *) m + n->offset) = (ngx_int_t) d;
+
+        } else {
+            *(float *) ((u_char *) m + n->offset) = (float) d;
+        }
+
+        return NGX_OK;
     }
 
-    *out = (float) d;
-
-    return NGX_CONF_OK;
+    return NGX_DECLINED;
 }
 
 
@@ -795,6 +860,7 @@ ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_dsv4_main_conf_t *dmcf = conf;
 
     u_char                 *colon;
+    ngx_int_t               rc;
     ngx_str_t              *value, s;
     ngx_uint_t              i;
     ngx_file_info_t         fi;
@@ -936,29 +1002,13 @@ ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "max_ctx=", 8) == 0) {
-            m->max_ctx = ngx_http_dsv4_parse_int(&value[i], 8);
+        rc = ngx_http_dsv4_model_number(cf, m, &value[i]);
 
-            if (m->max_ctx < 2) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid max_ctx \"%V\", expected an "
-                                   "integer >= 2", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
+        if (rc == NGX_ERROR) {
+            return NGX_CONF_ERROR;
         }
 
-        if (ngx_strncmp(value[i].data, "max_tokens=", 11) == 0) {
-            m->max_tokens = ngx_http_dsv4_parse_int(&value[i], 11);
-
-            if (m->max_tokens < 1) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid max_tokens \"%V\", expected an "
-                                   "integer >= 1", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
+        if (rc == NGX_OK) {
             continue;
         }
 
@@ -979,53 +1029,6 @@ ngx_http_dsv4_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         if (ngx_strcmp(value[i].data, "thinking=off") == 0) {
             m->thinking = 0;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "temperature=", 12) == 0) {
-            if (ngx_http_dsv4_parse_float(cf, &value[i], 12, 0.0f,
-                                          DSV4_SAMPLE_MAX_TEMPERATURE,
-                                          &m->temperature)
-                != NGX_CONF_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "top_p=", 6) == 0) {
-            if (ngx_http_dsv4_parse_float(cf, &value[i], 6, 1e-6f, 1.0f,
-                                          &m->top_p)
-                != NGX_CONF_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "min_p=", 6) == 0) {
-            if (ngx_http_dsv4_parse_float(cf, &value[i], 6, 0.0f, 1.0f,
-                                          &m->min_p)
-                != NGX_CONF_OK)
-            {
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "top_k=", 6) == 0) {
-            m->top_k = ngx_http_dsv4_parse_int(&value[i], 6);
-
-            if (m->top_k == NGX_ERROR) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid top_k \"%V\", expected an "
-                                   "integer >= 0", &value[i]);
-                return NGX_CONF_ERROR;
-            }
-
             continue;
         }
 
