@@ -28,7 +28,7 @@ open my $out, '>', "$prefix/conf.d/dsv4.conf" or die;
 print $out $conf;
 close $out;
 
-my $g = 'daemon off;' . ($> == 0 ? ' user root;' : '');
+my $g = 'daemon off;' . ($> == 0 ? ' user root;' : '') . Dsv4Nginx::core_directives($prefix);
 my $test = `nginx -t -p $prefix/ -c conf.d/dsv4.conf -g '$g' 2>&1`;
 is($?, 0, 'nginx -t accepts it') or diag($test);
 
@@ -64,6 +64,6 @@ is($? >> 8, 0, 'nginx exits cleanly');
 $pid = 0;
 my $log = do { open my $f, '<', "$prefix/build/dsv4-error.log"; local $/; <$f> // '' };
 my @bad = grep { /\[(alert|crit|emerg)\]/ } split /\n/, $log;
-ok(!@bad, 'error log clean') or diag(join("\n", @bad));
+ok(!@bad, 'error log clean') or diag(join("\n", @bad, Dsv4Nginx::crash_report($prefix)));
 
 done_testing;

@@ -595,7 +595,7 @@ $S->finish;
         print $fh $_->[1];
         close $fh;
     }
-    my $g = 'daemon off;' . ($> == 0 ? ' user root;' : '');
+    my $g = 'daemon off;' . ($> == 0 ? ' user root;' : '') . Dsv4Nginx::core_directives($prefix);
     my $out = `nginx -t -p $prefix/ -c conf.d/dsv4.conf -g '$g' 2>&1`;
     is($?, 0, 'nginx -t accepts conf.d/dsv4.conf + conf.d/limits.conf') or diag($out);
     my $pid = fork();
@@ -617,7 +617,7 @@ $S->finish;
     waitpid($pid, 0);
     my $log = do { local (@ARGV, $/) = "$prefix/build/dsv4-error.log"; <> } // '';
     my @bad = grep { /\[(alert|crit|emerg)\]/ } split /\n/, $log;
-    ok(!@bad, 'its error.log is clean') or diag(join "\n", @bad);
+    ok(!@bad, 'its error.log is clean') or diag(join "\n", @bad, Dsv4Nginx::crash_report($prefix));
 }
 
 $redis->stop;

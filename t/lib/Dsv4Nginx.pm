@@ -138,6 +138,25 @@ sub module_path {
     return $ENV{DSV4_MODULE} || "$ROOT/build/ngx_dsv4_module.so";
 }
 
+# For tests that run nginx on a configuration of their own: main-context
+# directives so that a crashing worker leaves a core in $dir, and what that
+# core says (every thread's backtrace, when gdb is installed) for a failing
+# error-log check.
+sub core_directives {
+    my ($dir) = @_;
+    return " worker_rlimit_core 2g; working_directory $dir/;";
+}
+
+sub crash_report {
+    my ($dir) = @_;
+    my @cores = glob("$dir/core*");
+    return '' unless @cores;
+    return "a core was left in $cores[0] (no gdb to read it)"
+        unless system('command -v gdb >/dev/null 2>&1') == 0;
+    my $bin = -x '/usr/sbin/nginx' ? '/usr/sbin/nginx' : 'nginx';
+    return scalar `gdb -batch -ex 'thread apply all bt 20' $bin $cores[0] 2>&1 | grep -v '^\\[New LWP'`;
+}
+
 sub conf_text {
     my ($self) = @_;
     my $d = $self->{dir};
