@@ -11,6 +11,7 @@
 
 #include "ngx_http_dsv4_module.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -18,6 +19,7 @@
 #define NGX_HTTP_DSV4_LOAD_POLL  10     /* ms between loader checks */
 
 
+static void ngx_http_dsv4_pin_module(ngx_cycle_t *cycle);
 static void *ngx_http_dsv4_loader(void *data);
 static int ngx_http_dsv4_cache_create(ngx_http_dsv4_main_conf_t *dmcf,
     ngx_http_dsv4_model_t *m, char *err, size_t errlen);
@@ -65,6 +67,8 @@ ngx_http_dsv4_engine_init(ngx_cycle_t *cycle)
     dmcf->pending = dmcf->models.nelts;
     dmcf->loader_done = 0;
 
+    ngx_http_dsv4_pin_module(cycle);
+
     tid = ngx_pcalloc(cycle->pool, sizeof(pthread_t));
     if (tid == NULL) {
         return NGX_ERROR;
@@ -95,6 +99,32 @@ ngx_http_dsv4_engine_init(ngx_cycle_t *cycle)
     ngx_add_timer(&dmcf->load_event, NGX_HTTP_DSV4_LOAD_POLL);
 
     return NGX_OK;
+}
+
+
+/*
+ * Threads of this worker that this module does not own (nginx's thread
+ * pool) keep per-thread state whose destructors are code of this module,
+ * and nginx ends them at exit just before it dlcloses the module: a
+ * destructor still running would then run unmapped code.  The worker keeps
+ * the module mapped until it exits (RTLD_NODELETE on the already loaded
+ * object); the master still unloads and reloads it normally.
+ */
+
+static void
+ngx_http_dsv4_pin_module(ngx_cycle_t *cycle)
+{
+    Dl_info  info;
+
+    if (dladdr((void *) ngx_http_dsv4_pin_module, &info) == 0
+        || info.dli_fname == NULL
+        || dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE)
+           == NULL)
+    {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "dsv4: cannot keep the module loaded until exit; "
+                      "a worker may crash at exit");
+    }
 }
 
 
