@@ -79,20 +79,6 @@ rnd(int64_t n)
     return (int64_t) (X % (uint64_t) n);
 }
 
-static int64_t
-T(int y, int mo, int d, int h, int mi, int s)
-{
-    struct tm tm = { 0 };
-
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = s;
-    return (int64_t) timegm(&tm) * 1000;
-}
-
 static void
 print_verdict(const char *who, const dsv4_limit_verdict *v)
 {
@@ -261,7 +247,7 @@ window_diff(redisContext *c, const char *name, const char *which, const dsv4_lim
 static void
 check_random(redisContext *c)
 {
-    int64_t now = T(2024, 2, 28, 23, 40, 0), start = now;
+    int64_t now = T(2024, 2, 28, 23, 40, 0, 0), start = now;
     int     bad = 0, admitted = 0, rejected = 0, backs = 0, restarts = 0, wbad = 0;
     int     why[DSV4_LIMIT_REASONS] = { 0 };
 
@@ -464,7 +450,7 @@ check_usage(redisContext *c)
         check_usage_at(c, dsv4_limit_day_end_of(MET[k].day) - 1);
     }
     check_usage_at(c, dsv4_limit_day_end_of(MET[NMET - 1].day) - 1);
-    check_usage_at(c, T(2030, 1, 1, 0, 0, 0));          /* nothing then */
+    check_usage_at(c, T(2030, 1, 1, 0, 0, 0, 0));          /* nothing then */
 }
 
 /* ---- TTLs, leases, Redis's clock --------------------------------------- */
@@ -476,7 +462,7 @@ check_ttls(redisContext *c)
     dsv4_limit_verdict     v;
     dsv4_limit_reservation r1, r2;
     dsv4_usage             u = { 1, 10, 0, 5, 0 };
-    int64_t                now = T(2024, 6, 2, 12, 0, 0);
+    int64_t                now = T(2024, 6, 2, 12, 0, 0, 0);
     struct {
         const char *key;
         long long   lo, hi;
@@ -515,7 +501,7 @@ check_leases_and_clock(redisContext *c)
     dsv4_limits            l = { 0, 0, 1, 0, 0 }, l2 = { 10, 0, 0, 0, 0 };
     dsv4_limit_verdict     v;
     dsv4_limit_reservation r1, r2;
-    int64_t                t0 = T(2024, 6, 1, 12, 0, 0);
+    int64_t                t0 = T(2024, 6, 1, 12, 0, 0, 0);
     dsv4_usage             u = { 1, 10, 0, 5, 0 };
     dsv4_tenant_usage     *tu;
     struct timeval         tv;

@@ -2,7 +2,25 @@
 #ifndef DSV4_TESTS_LIMITS_HELPERS_H
 #define DSV4_TESTS_LIMITS_HELPERS_H
 
+#include <stdint.h>
+#include <time.h>
+
 #include "limits/limit.h"
+
+/* ms of a UTC date and time, by libc (independent of limits/calendar.c) */
+static inline int64_t
+T(int y, int mo, int d, int h, int mi, int s, int ms)
+{
+    struct tm tm = { 0 };
+
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = d;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = s;
+    return (int64_t) timegm(&tm) * 1000 + ms;
+}
 
 /* every field of two admission answers equal */
 static inline int

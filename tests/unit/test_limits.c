@@ -19,21 +19,6 @@
 #include "tests/test.h"
 #include "limits_helpers.h"
 
-/* ms of a UTC date and time, by libc (independent of limits/calendar.c) */
-static int64_t
-T(int y, int mo, int d, int h, int mi, int s, int ms)
-{
-    struct tm tm = { 0 };
-
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = s;
-    return (int64_t) timegm(&tm) * 1000 + ms;
-}
-
 static dsv4_limits
 L(int64_t rpm, int64_t tpm, int64_t conc, int64_t daily, int64_t monthly)
 {
