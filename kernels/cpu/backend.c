@@ -245,10 +245,11 @@ static int
 dsv4_mm_rows_per_task(const dsv4_cpu *c, const dsv4_matmul_job *j, int blas)
 {
     int    rows = j->row_end - j->row_begin;
-    int    grain = blas ? DSV4_BLAS_ROWS : j->n <= 4 ? 4 : 24;
+    int    gemv = j->n <= 4;                   /* the kernels' GEMV path (GEMV_MAXN) */
+    int    grain = blas ? DSV4_BLAS_ROWS : gemv ? 4 : 24;
     double per_row = (double) j->w->cols * j->n;
     int    min_rows = (int) (DSV4_TASK_MIN_MACS / per_row) + 1;
-    int    per_thread = j->n <= 4 ? DSV4_GEMV_TASKS_PER_THREAD : DSV4_TASKS_PER_THREAD;
+    int    per_thread = gemv ? DSV4_GEMV_TASKS_PER_THREAD : DSV4_TASKS_PER_THREAD;
     int    target = (rows + c->nthreads * per_thread - 1) / (c->nthreads * per_thread);
     int    r = min_rows > target ? min_rows : target;
 
