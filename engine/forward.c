@@ -24,6 +24,9 @@
  * buffers: moe_chunk * k rows of D and I floats). */
 #define DSV4_MOE_CHUNK 512
 
+/* Sequences whose logits share one pass over the head matrix. */
+#define DSV4_HEAD_ROWS 16
+
 /* The rows of one sequence inside a step: rows row0 .. row0+n-1 of every
  * activation buffer, at positions pos0 .. pos0+n-1 of seq. */
 typedef struct {
@@ -63,7 +66,8 @@ struct dsv4_ctx {
     float *iw;         /* [n, Hi] indexer head weights */
     float *glog;       /* [n, E] gate logits */
     float *h1, *h3;    /* [n, I] expert hidden */
-    float *head_in;    /* [D] */
+    float *head_in;    /* [DSV4_HEAD_ROWS, D] final-norm outputs */
+    float *head_out;   /* [min(max_chunk, DSV4_HEAD_ROWS), vocab] logits of a batch */
     float *mtp_x;      /* [hc*D] MTP block streams */
     float *mtp_e;      /* [D] */
     float *mtp_h;      /* [hc*D] */
@@ -159,24 +163,31 @@ dsv4_hc_post(dsv4_ctx *c, float *x, const float *o, int n)
     }
 }
 
-/* HC_HEAD + final norm + head: logits [vocab] of one token's streams. */
+/* HC_HEAD + final norm + head for n <= DSV4_HEAD_ROWS tokens: xs[i] points
+ * to token i's streams [hc*D]; logits [n, vocab].  The head matrix, the
+ * largest single read of a decode step, is read once for all n. */
 static void
-dsv4_head(dsv4_ctx *c, const float *xi, const dsv4_mat *fn, const float *scale,
+dsv4_head(dsv4_ctx *c, const float *const *xs, int n, const dsv4_mat *fn, const float *scale,
           const float *base, const float *norm, float *logits)
 {
     const dsv4_config *cfg = &c->m->cfg;
     int                hc = cfg->hc_mult, D = cfg->dim;
 
-    dsv4_hc_mix(c, fn, xi, 1, c->mix);
-    memset(c->head_in, 0, (size_t) D * sizeof(float));
-    for (int s = 0; s < hc; s++) {
-        float pre = dsv4_sigmoid(c->mix[s] * scale[0] + base[s]) + cfg->hc_eps;
-        for (int d = 0; d < D; d++) {
-            c->head_in[d] += pre * xi[(size_t) s * D + d];
+    for (int i = 0; i < n; i++) {
+        float *hi = c->head_in + (size_t) i * D;
+
+        dsv4_hc_mix(c, fn, xs[i], 1, c->mix);
+        memset(hi, 0, (size_t) D * sizeof(float));
+        for (int s = 0; s < hc; s++) {
+            float pre = dsv4_sigmoid(c->mix[s] * scale[0] + base[s]) + cfg->hc_eps;
+            for (int d = 0; d < D; d++) {
+                hi[d] += pre * xs[i][(size_t) s * D + d];
+            }
         }
+        c->be->rmsnorm(c->be, hi, hi, norm, D, cfg->norm_eps);
     }
-    c->be->rmsnorm(c->be, c->head_in, c->head_in, norm, D, cfg->norm_eps);
-    c->be->matmul(c->be, &c->m->head, 0, cfg->vocab_size, c->head_in, D, 1, logits, cfg->vocab_size);
+    c->be->matmul(c->be, &c->m->head, 0, cfg->vocab_size, c->head_in, D, n, logits,
+                  cfg->vocab_size);
 }
 
 /* ---- compressor (§4.6) ------------------------------------------------- */
@@ -674,12 +685,26 @@ dsv4_forward_batch(dsv4_ctx *c, const dsv4_batch_item *items, int nitems, char *
     for (int l = 0; l < cfg->n_layers; l++) {
         dsv4_block(c, l, c->x);
     }
+    /* logits of every item that wants them, DSV4_HEAD_ROWS at a time; one
+     * item writes its own buffer, several go through head_out */
+    const float *xs[DSV4_HEAD_ROWS];
+    int          want[DSV4_HEAD_ROWS], nw = 0;
     for (int b = 0; b < nitems; b++) {
         const dsv4_seg *sg = &c->segs[b];
         sg->seq->pos += sg->n;
         if (items[b].logits != NULL) {
-            dsv4_head(c, c->x + (size_t) (sg->row0 + sg->n - 1) * hc * D, &m->hc_head_fn,
-                      m->hc_head_scale, m->hc_head_base, m->norm, items[b].logits);
+            xs[nw] = c->x + (size_t) (sg->row0 + sg->n - 1) * hc * D;
+            want[nw++] = b;
+        }
+        if (nw == DSV4_HEAD_ROWS || (b == nitems - 1 && nw > 0)) {
+            float *out = nw == 1 ? items[want[0]].logits : c->head_out;
+            dsv4_head(c, xs, nw, &m->hc_head_fn, m->hc_head_scale, m->hc_head_base, m->norm,
+                      out);
+            for (int i = 0; nw > 1 && i < nw; i++) {
+                memcpy(items[want[i]].logits, out + (size_t) i * cfg->vocab_size,
+                       (size_t) cfg->vocab_size * sizeof(float));
+            }
+            nw = 0;
         }
     }
     return 0;
@@ -739,7 +764,8 @@ dsv4_mtp_forward(dsv4_ctx *c, dsv4_seq *s, const float *hidden, int32_t next_tok
     }
     dsv4_block(c, cfg->n_layers, c->mtp_x);
     s->mtp_pos++;
-    dsv4_head(c, c->mtp_x, &t->hc_head_fn, t->hc_head_scale, t->hc_head_base, t->norm, logits);
+    const float *xs = c->mtp_x;
+    dsv4_head(c, &xs, 1, &t->hc_head_fn, t->hc_head_scale, t->hc_head_base, t->norm, logits);
     return 0;
 }
 
@@ -810,7 +836,8 @@ dsv4_ctx_new(const dsv4_model *m, const dsv4_backend *be, int max_chunk, int max
         || ALLOC(c->iq, n * cfg->index_n_heads * cfg->index_head_dim)
         || ALLOC(c->iw, n * cfg->index_n_heads) || ALLOC(c->glog, n * cfg->n_routed_experts)
         || ALLOC(c->h1, n * cfg->moe_inter_dim) || ALLOC(c->h3, n * cfg->moe_inter_dim)
-        || ALLOC(c->head_in, D)
+        || ALLOC(c->head_in, (size_t) DSV4_HEAD_ROWS * D)
+        || ALLOC(c->head_out, (n < DSV4_HEAD_ROWS ? n : DSV4_HEAD_ROWS) * cfg->vocab_size)
         || ALLOC(c->mtp_x, (size_t) hc * D) || ALLOC(c->mtp_e, D) || ALLOC(c->mtp_h, (size_t) hc * D)
         || ALLOC(c->keys, max_keys) || ALLOC(c->scores, nscores)
         || ALLOC(c->topk, cfg->index_topk) || ALLOC(c->pool_kv, 2 * max_ratio)
@@ -837,7 +864,7 @@ dsv4_ctx_free(dsv4_ctx *c)
     }
     float *bufs[] = { c->x, c->post, c->comb, c->mix, c->a, c->qr, c->q, c->kv, c->o, c->olow,
                       c->y, c->ck, c->cz, c->ik, c->iz, c->iq, c->iw, c->glog, c->h1, c->h3,
-                      c->head_in, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
+                      c->head_in, c->head_out, c->mtp_x, c->mtp_e, c->mtp_h, c->scores,
                       c->route_w, c->xa, c->eh1, c->eh3, c->eyb };
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         free(bufs[i]);
