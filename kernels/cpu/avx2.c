@@ -29,7 +29,7 @@
 #define VL             8
 #define GEMM_MR        4
 #define GEMM_NR        3
-#define GEMV_RT(nt)    ((nt) <= 2 ? 4 : 2)
+#define GEMV_RT(nt)    ((nt) <= 2 ? 4 : (nt) <= 4 ? 2 : 1)
 #define ATT_HB         4
 #define ATT_DB         2
 #define GEMM_PANELS    8

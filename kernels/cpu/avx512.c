@@ -27,7 +27,7 @@
 #define VL             16
 #define GEMM_MR        4
 #define GEMM_NR        6
-#define GEMV_RT(nt)    4
+#define GEMV_RT(nt)    ((nt) <= 4 ? 4 : 2)
 #define ATT_HB         4
 #define ATT_DB         4
 #define GEMM_PANELS    3

@@ -245,7 +245,7 @@ static int
 dsv4_mm_rows_per_task(const dsv4_cpu *c, const dsv4_matmul_job *j, int blas)
 {
     int    rows = j->row_end - j->row_begin;
-    int    gemv = j->n <= 4;                   /* the kernels' GEMV path (GEMV_MAXN) */
+    int    gemv = j->n <= DSV4_GEMV_MAX_TOKENS;
     int    grain = blas ? DSV4_BLAS_ROWS : gemv ? 4 : 24;
     double per_row = (double) j->w->cols * j->n;
     int    min_rows = (int) (DSV4_TASK_MIN_MACS / per_row) + 1;

@@ -61,6 +61,10 @@ typedef struct {
                             const float *keys, int j0, int j1, float *out);
 } dsv4_cpu_kernels;
 
+/* Up to this many tokens a matmul takes the GEMV path (weights dequantised
+ * in registers, used by every token); more take the packed GEMM path. */
+#define DSV4_GEMV_MAX_TOKENS 8
+
 /* e8m0 byte -> 2^(b-127) * 2^8: FP8 block scales with the 2^-8 of the
  * half-precision conversion folded in (filled by the backend constructor). */
 extern __attribute__((visibility("hidden"))) float dsv4_cpu_e8m0_x256[256];

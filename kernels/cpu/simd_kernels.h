@@ -36,10 +36,11 @@
  */
 #include <math.h>
 
+#include "cpu.h"
 #include "formats.h"
 
 #define NV          (32 / VL)
-#define GEMV_MAXN   4                           /* tokens up to which GEMV is used */
+#define GEMV_MAXN   DSV4_GEMV_MAX_TOKENS
 #define GEMM_RB     (GEMM_NR * GEMM_PANELS)     /* rows per packed block */
 #define GEMV_AHEAD  8192                        /* bytes a GEMV prefetches ahead */
 #define GEMM_KC     512                         /* columns per packed block (x 32) */
@@ -50,6 +51,7 @@
  * fast path, never a matrix type */
 #define DSV4_FMT_FP8X 16
 
+_Static_assert(GEMV_RT(GEMV_MAXN) <= GEMV_RT(1), "GEMV tiles shrink as tokens grow");
 _Static_assert(GEMM_KC % 128 == 0, "packed blocks hold whole FP8 scale blocks");
 _Static_assert(GEMM_TB % GEMM_MR == 0, "token blocks hold whole register tiles");
 _Static_assert(32 % VL == 0, "a 32-column unit is whole vectors");
@@ -156,7 +158,7 @@ DSV4_INLINE void
 dsv4_gemv_tile(int fmt, int nt, const dsv4_mat *w, int r0, int nr, const float *x, int ldx,
                float *y, int ldy)
 {
-    enum { RT = GEMV_RT(GEMV_MAXN) > GEMV_RT(1) ? GEMV_RT(GEMV_MAXN) : GEMV_RT(1) };
+    enum { RT = GEMV_RT(1) };
     const int rt = GEMV_RT(nt);
     vf        acc[RT][GEMV_MAXN];
     dsv4_row  rows[RT];
@@ -236,6 +238,21 @@ dsv4_gemv_nt(int fmt, int nt, const dsv4_mat *w, int r0, int r1, const float *x,
     }
 }
 
+/* call(nt) with nt the constant equal to n (1 .. GEMV_MAXN): every token
+ * count gets its own unrolled GEMV */
+#define DSV4_GEMV_SWITCH(n, call)                                               \
+    switch (n) {                                                                \
+    case 1: call(1); break;                                                     \
+    case 2: call(2); break;                                                     \
+    case 3: call(3); break;                                                     \
+    case 4: call(4); break;                                                     \
+    case 5: call(5); break;                                                     \
+    case 6: call(6); break;                                                     \
+    case 7: call(7); break;                                                     \
+    default: call(8); break;                                                    \
+    }
+_Static_assert(GEMV_MAXN == 8, "DSV4_GEMV_SWITCH has a case per token count");
+
 /*
  * FP8 GEMV: per 128-row block, x is copied pre-multiplied by each column
  * block's scale * 2^120 and the weights are read as value * 2^-120 float
@@ -294,24 +311,11 @@ dsv4_gemv_fp8(const dsv4_mat *w, int r0, int r1, const float *x, int ldx, int n,
                 }
             }
         }
-        switch (n) {
-        case 1:
-            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 1, w, rb, re, xs, K, y + (rb - r0), ldy);
-            else dsv4_gemv_nt(DSV4_MAT_FP8, 1, w, rb, re, x, ldx, y + (rb - r0), ldy);
-            break;
-        case 2:
-            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 2, w, rb, re, xs, K, y + (rb - r0), ldy);
-            else dsv4_gemv_nt(DSV4_MAT_FP8, 2, w, rb, re, x, ldx, y + (rb - r0), ldy);
-            break;
-        case 3:
-            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 3, w, rb, re, xs, K, y + (rb - r0), ldy);
-            else dsv4_gemv_nt(DSV4_MAT_FP8, 3, w, rb, re, x, ldx, y + (rb - r0), ldy);
-            break;
-        default:
-            if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, 4, w, rb, re, xs, K, y + (rb - r0), ldy);
-            else dsv4_gemv_nt(DSV4_MAT_FP8, 4, w, rb, re, x, ldx, y + (rb - r0), ldy);
-            break;
-        }
+#define DSV4_GEMV_FP8(nt)                                                               \
+        if (ok) dsv4_gemv_nt(DSV4_FMT_FP8X, nt, w, rb, re, xs, K, y + (rb - r0), ldy);     \
+        else dsv4_gemv_nt(DSV4_MAT_FP8, nt, w, rb, re, x, ldx, y + (rb - r0), ldy)
+        DSV4_GEMV_SWITCH(n, DSV4_GEMV_FP8);
+#undef DSV4_GEMV_FP8
         rb = re;
     }
 }
@@ -324,12 +328,9 @@ dsv4_gemv_fmt(int fmt, const dsv4_mat *w, int r0, int r1, const float *x, int ld
         dsv4_gemv_fp8(w, r0, r1, x, ldx, n, y, ldy);
         return;
     }
-    switch (n) {
-    case 1: dsv4_gemv_nt(fmt, 1, w, r0, r1, x, ldx, y, ldy); break;
-    case 2: dsv4_gemv_nt(fmt, 2, w, r0, r1, x, ldx, y, ldy); break;
-    case 3: dsv4_gemv_nt(fmt, 3, w, r0, r1, x, ldx, y, ldy); break;
-    default: dsv4_gemv_nt(fmt, 4, w, r0, r1, x, ldx, y, ldy); break;
-    }
+#define DSV4_GEMV_ANY(nt) dsv4_gemv_nt(fmt, nt, w, r0, r1, x, ldx, y, ldy)
+    DSV4_GEMV_SWITCH(n, DSV4_GEMV_ANY);
+#undef DSV4_GEMV_ANY
 }
 
 /* Packs rows rb .. rb+nrows-1, columns kc .. kc+klen-1 of w (scaled, float)

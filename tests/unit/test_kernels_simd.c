@@ -197,7 +197,7 @@ static void
 test_matmul(const dsv4_backend *be, const dsv4_backend *sc)
 {
     static const int rows[] = { 1, 7, 130, 300 };
-    static const int ns[] = { 1, 2, 3, 4, 5, 9, 37 };
+    static const int ns[] = { 1, 2, 3, 4, 5, 8, 9, 37 };
     static const struct { dsv4_mat_type t; int cols[4]; } shapes[] = {
         { DSV4_MAT_F32,  { 1, 7, 45, 300 } },
         { DSV4_MAT_BF16, { 3, 16, 70, 290 } },
