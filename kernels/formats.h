@@ -31,6 +31,19 @@ static inline float dsv4_bf16_to_f32(uint16_t h)
     return f;
 }
 
+/* A fake-quantisation target (kernels.h): scale 2^ceil(log2(max(amax,
+ * floor_amax) / qmax)); values carry mbits mantissa bits, exponents down
+ * to emin (below: the subnormal step 2^(emin - mbits)). */
+typedef struct {
+    float floor_amax;
+    float qmax;
+    int   mbits;
+    int   emin;
+} dsv4_qfmt;
+
+extern const dsv4_qfmt dsv4_qfmt_e4m3;     /* 1e-4, 448, 3, -6 */
+extern const dsv4_qfmt dsv4_qfmt_e2m1;     /* 6 * 2^-126, 6, 1, 0 */
+
 /* Round-to-nearest-even onto the e4m3fn grid, saturating at +-448. */
 float dsv4_round_e4m3(float v);
 /* Round-to-nearest-even onto the e2m1 grid, saturating at +-6. */

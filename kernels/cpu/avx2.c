@@ -50,6 +50,13 @@ DSV4_AV vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
 DSV4_AV vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 DSV4_AV vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 DSV4_AV vf vf_swap_pairs(vf v) { return _mm256_permute_ps(v, 0xB1); }
+DSV4_AV vf vf_rint(vf v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+DSV4_AV vf
+vf_pow2_floor(vf v)
+{
+    return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7F800000)));
+}
+DSV4_AV vf vf_keep_nan(vf a, vf b) { return _mm256_blendv_ps(a, b, _mm256_cmp_ps(b, b, _CMP_UNORD_Q)); }
 
 /* lane mask for the first n (0..8) lanes */
 DSV4_AV __m256i

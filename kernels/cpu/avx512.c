@@ -48,6 +48,18 @@ DSV4_AV vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 DSV4_AV vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 DSV4_AV vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 DSV4_AV vf vf_swap_pairs(vf v) { return _mm512_permute_ps(v, 0xB1); }
+DSV4_AV vf vf_rint(vf v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+DSV4_AV vf
+vf_pow2_floor(vf v)
+{
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v),
+                                                _mm512_set1_epi32(0x7F800000)));
+}
+DSV4_AV vf
+vf_keep_nan(vf a, vf b)
+{
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q), a, b);
+}
 DSV4_AV __mmask16 dsv4_k16(int n) { return (__mmask16) ((1u << n) - 1); }
 DSV4_AV vf vf_loadn(const float *p, int n) { return _mm512_maskz_loadu_ps(dsv4_k16(n), p); }
 DSV4_AV void vf_storen(float *p, vf v, int n) { _mm512_mask_storeu_ps(p, dsv4_k16(n), v); }

@@ -6,8 +6,8 @@
  * matmuls (dsv4_matmul_job[]) is one parallel job, which is how the MoE
  * experts of a step and the projections that share an input run.
  *
- * Ops that are cheap or must stay bit-exact with the scalar quantisers
- * (fake quantisation, Sinkhorn on hc x hc) reuse the scalar reference.
+ * Ops too small to gain from SIMD (Sinkhorn on hc x hc) reuse the scalar
+ * reference.
  *
  * Ownership: dsv4_backend_cpu_new() returns a heap object (vtable + state in
  * impl); dsv4_backend_cpu_free() joins the threads and frees it.  It may be
@@ -398,17 +398,13 @@ dsv4_cpu_rope(const dsv4_backend *be, float *v, int npairs, int pos, const float
 static void
 dsv4_cpu_fake_quant_fp8(const dsv4_backend *be, float *v, int n, int block)
 {
-    const dsv4_backend *s = dsv4_cpu_of(be)->scalar;
-
-    s->fake_quant_fp8(s, v, n, block);
+    dsv4_cpu_of(be)->k->fake_quant(v, n, block, &dsv4_qfmt_e4m3);
 }
 
 static void
 dsv4_cpu_fake_quant_fp4(const dsv4_backend *be, float *v, int n, int block)
 {
-    const dsv4_backend *s = dsv4_cpu_of(be)->scalar;
-
-    s->fake_quant_fp4(s, v, n, block);
+    dsv4_cpu_of(be)->k->fake_quant(v, n, block, &dsv4_qfmt_e2m1);
 }
 
 static void

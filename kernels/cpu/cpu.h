@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "formats.h"
 #include "kernels.h"
 
 /* One ISA's kernels.  Each works on a slice of the problem the backend
@@ -47,6 +48,8 @@ typedef struct {
     void  (*swiglu)(float *g, const float *u, int n, float limit, float w);
     void  (*hc_post)(float *x, const float *o, const float *post, const float *comb, int hc,
                      int d);
+    /* the fake_quant_fp8/fp4 ops of kernels.h, f the format */
+    void  (*fake_quant)(float *v, int n, int block, const dsv4_qfmt *f);
     /* v[0 .. n2) rotated pairwise by cd = (c0 c0 c1 c1 ...), sd = (-s0 s0 -s1 s1 ...) */
     void  (*rope)(float *v, int n2, const float *cd, const float *sd);
     void  (*hadamard)(float *v, int n);

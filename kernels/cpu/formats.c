@@ -43,6 +43,9 @@ dsv4_formats_init(void)
     pthread_once(&dsv4_formats_once, dsv4_formats_fill);
 }
 
+const dsv4_qfmt dsv4_qfmt_e4m3 = { 1e-4f, 448.0f, 3, -6 };
+const dsv4_qfmt dsv4_qfmt_e2m1 = { 6.0f * 0x1p-126f, 6.0f, 1, 0 };
+
 float
 dsv4_pow2_ceil(float x)
 {

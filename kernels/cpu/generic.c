@@ -61,6 +61,39 @@ DSV4_GV_BINOP(vf_min, fminf(a.l[i], b.l[i]))
 #undef DSV4_GV_BINOP
 
 DSV4_GV vf
+vf_rint(vf a)
+{
+    vf r;
+    for (int i = 0; i < VL; i++) {
+        r.l[i] = rintf(a.l[i]);
+    }
+    return r;
+}
+
+DSV4_GV vf
+vf_pow2_floor(vf a)
+{
+    vf r;
+    for (int i = 0; i < VL; i++) {
+        uint32_t u;
+        memcpy(&u, &a.l[i], sizeof(u));
+        u &= 0x7F800000u;
+        memcpy(&r.l[i], &u, sizeof(u));
+    }
+    return r;
+}
+
+DSV4_GV vf
+vf_keep_nan(vf a, vf b)
+{
+    vf r;
+    for (int i = 0; i < VL; i++) {
+        r.l[i] = isnan(b.l[i]) ? b.l[i] : a.l[i];
+    }
+    return r;
+}
+
+DSV4_GV vf
 vf_fma(vf a, vf b, vf c)
 {
     vf r;

@@ -140,16 +140,15 @@ dsv4_scalar_rope(const dsv4_backend *be, float *v, int npairs, int pos, const fl
 }
 
 static void
-dsv4_scalar_fake_quant(float *v, int n, int block, float floor_amax, float qmax,
-                       float (*round)(float))
+dsv4_scalar_fake_quant(float *v, int n, int block, const dsv4_qfmt *f, float (*round)(float))
 {
     for (int b0 = 0; b0 < n; b0 += block) {
         int   b1 = b0 + block < n ? b0 + block : n;
-        float amax = floor_amax;
+        float amax = f->floor_amax;
         for (int i = b0; i < b1; i++) {
             amax = fmaxf(amax, fabsf(v[i]));
         }
-        float s = dsv4_pow2_ceil(amax / qmax);
+        float s = dsv4_pow2_ceil(amax / f->qmax);
         for (int i = b0; i < b1; i++) {
             v[i] = round(v[i] / s) * s;     /* round() saturates at ±qmax */
         }
@@ -159,13 +158,13 @@ dsv4_scalar_fake_quant(float *v, int n, int block, float floor_amax, float qmax,
 static void
 dsv4_scalar_fake_quant_fp8(const dsv4_backend *be, float *v, int n, int block)
 {
-    dsv4_scalar_fake_quant(v, n, block, 1e-4f, 448.0f, dsv4_round_e4m3);
+    dsv4_scalar_fake_quant(v, n, block, &dsv4_qfmt_e4m3, dsv4_round_e4m3);
 }
 
 static void
 dsv4_scalar_fake_quant_fp4(const dsv4_backend *be, float *v, int n, int block)
 {
-    dsv4_scalar_fake_quant(v, n, block, 6.0f * 0x1p-126f, 6.0f, dsv4_round_e2m1);
+    dsv4_scalar_fake_quant(v, n, block, &dsv4_qfmt_e2m1, dsv4_round_e2m1);
 }
 
 static void

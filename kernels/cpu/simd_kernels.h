@@ -20,6 +20,10 @@
  *   vf_hsum(v)          lane sum by one fixed tree
  *   vf_exp(v)           e^v; 0 below -87.3 (and for -inf); within 2 ulp of expf
  *   vf_swap_pairs(v)    lanes (0 1)(2 3)... exchanged
+ *   vf_rint(v)          nearest integer, ties to even (as rintf)
+ *   vf_pow2_floor(v)    2^floor(log2|v|) for normal v, 0 for zero and subnormals
+ *                       (v's exponent bits alone; inf for inf and NaN)
+ *   vf_keep_nan(a, b)   b in the lanes where b is NaN, a elsewhere
  *   deq_fp8(p, n, out)  32 e4m3 codes -> NV vectors of value * 2^-8 (lanes >= n: 0)
  *   deq_fp8x(p, n, out) the same as value * 2^-120 (float bits, maybe subnormal)
  *   deq_fp4s(p, s, out) 16 bytes of e2m1 pairs times scale s -> NV vectors
@@ -590,6 +594,45 @@ dsv4_k_swiglu(float *g, const float *u, int n, float limit, float w)
     }
 }
 
+/* Fake quantisation (kernels.h) onto the grid of f, bit-identical to the
+ * scalar reference: the block's scale from its largest magnitude (NaNs
+ * ignored), then each value / scale saturated at +-qmax and rounded to the
+ * multiple of its own step, 2^(max(exponent, emin) - mbits), ties to even. */
+static DSV4_TARGET void
+dsv4_k_fake_quant(float *v, int n, int block, const dsv4_qfmt *f)
+{
+    const vf lo = vf_set1(-f->qmax), hi = vf_set1(f->qmax);
+    const vf step_min = vf_set1(ldexpf(1.0f, f->emin)), mstep = vf_set1(ldexpf(1.0f, -f->mbits));
+
+    for (int b0 = 0; b0 < n; b0 += block) {
+        int   b1 = b0 + block < n ? b0 + block : n;
+        vf    m = vf_zero();
+        float lanes[VL], amax = f->floor_amax;
+
+        for (int i = b0; i < b1; i += VL) {
+            vf x = b1 - i >= VL ? vf_load(v + i) : vf_loadn(v + i, b1 - i);
+            m = vf_max(vf_max(x, vf_sub(vf_zero(), x)), m);
+        }
+        vf_store(lanes, m);
+        for (int l = 0; l < VL; l++) {
+            amax = fmaxf(amax, lanes[l]);
+        }
+        vf s = vf_set1(dsv4_pow2_ceil(amax / f->qmax));
+        for (int i = b0; i < b1; i += VL) {
+            int k = b1 - i < VL ? b1 - i : VL;
+            vf  u = vf_div(k == VL ? vf_load(v + i) : vf_loadn(v + i, k), s);
+            vf  c = vf_min(vf_max(u, lo), hi);
+            vf  q = vf_mul(vf_max(vf_pow2_floor(c), step_min), mstep);
+            vf  r = vf_keep_nan(vf_mul(vf_mul(vf_rint(vf_div(c, q)), q), s), u);
+            if (k == VL) {
+                vf_store(v + i, r);
+            } else {
+                vf_storen(v + i, r, k);
+            }
+        }
+    }
+}
+
 /* x [hc, d] <- post[k] o + sum_j comb[j * hc + k] x[j], a VL-column slice of
  * every stream at a time (read whole before any is written: no copy) */
 static DSV4_TARGET void
@@ -855,6 +898,7 @@ const dsv4_cpu_kernels DSV4_KERNELS = {
     .rmsnorm = dsv4_k_rmsnorm,
     .swiglu = dsv4_k_swiglu,
     .hc_post = dsv4_k_hc_post,
+    .fake_quant = dsv4_k_fake_quant,
     .rope = dsv4_k_rope,
     .hadamard = dsv4_k_hadamard,
     .attention = dsv4_k_attention,

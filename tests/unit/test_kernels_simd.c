@@ -431,6 +431,68 @@ test_ops(const dsv4_backend *be, const dsv4_backend *sc)
     free(a); free(b); free(w); free(o1); free(o2); free(sc1); free(sc2);
 }
 
+/* Equal bits, or both NaN. */
+static int
+same_float(float a, float b)
+{
+    return memcmp(&a, &b, sizeof(a)) == 0 || (isnan(a) && isnan(b));
+}
+
+/* Fake quantisation is bit-identical to the reference on values spread over
+ * the whole float range, the specials, grid ties and saturation, for block
+ * sizes and lengths with tails. */
+static void
+test_fake_quant(const dsv4_backend *be, const dsv4_backend *sc)
+{
+    enum { N = 448 };
+    static const float special[] = {
+        0.0f, -0.0f, NAN, INFINITY, -INFINITY, 0x1p-149f, -0x1p-130f, 3.4e38f,
+        1.0625f, 1.1875f, 447.0f, 464.0f, -448.0f, 0.25f, 0.75f, 2.5f, 5.0f, 6.0f, -7.0f
+    };
+    static const int shapes[][2] = { { 448, 64 }, { 128, 32 }, { 37, 32 }, { 100, 64 },
+                                     { 7, 128 }, { 1, 32 }, { 256, 128 } };
+    float *a = malloc(N * sizeof(float)), *o1 = malloc(N * sizeof(float));
+    float *o2 = malloc(N * sizeof(float));
+    int    bad = 0;
+
+    for (int trial = 0; trial < 40; trial++) {
+        for (int i = 0; i < N; i++) {
+            /* magnitudes from 2^-140 to 2^100, a few blocks of one scale */
+            int e = trial % 4 == 0 ? (int) (frand() * 120.0f) - 20 : (trial % 40) - 12;
+            a[i] = ldexpf(frand(), e);
+        }
+        if (trial % 3 == 1) {
+            for (size_t k = 0; k < sizeof(special) / sizeof(special[0]); k++) {
+                a[(k * 37 + (size_t) trial) % N] = special[k];
+            }
+        }
+        for (size_t sh = 0; sh < sizeof(shapes) / sizeof(shapes[0]); sh++) {
+            int n = shapes[sh][0], block = shapes[sh][1];
+            for (int fmt = 0; fmt < 2; fmt++) {
+                memcpy(o1, a, N * sizeof(float));
+                memcpy(o2, a, N * sizeof(float));
+                if (fmt == 0) {
+                    be->fake_quant_fp8(be, o1, n, block);
+                    sc->fake_quant_fp8(sc, o2, n, block);
+                } else {
+                    be->fake_quant_fp4(be, o1, n, block);
+                    sc->fake_quant_fp4(sc, o2, n, block);
+                }
+                for (int i = 0; i < N && bad < 5; i++) {
+                    if (!same_float(o1[i], o2[i])) {
+                        TEST_CHECK(0, "%s fake_quant_%s n=%d block=%d: [%d] %a -> %a, reference %a",
+                                   be->name, fmt == 0 ? "fp8" : "fp4", n, block, i, a[i], o1[i],
+                                   o2[i]);
+                        bad++;
+                    }
+                }
+            }
+        }
+    }
+    TEST_CHECK(bad == 0, "%s fake quantisation bit-identical to the reference", be->name);
+    free(a); free(o1); free(o2);
+}
+
 /* The thread count must not change a single bit. */
 static void
 test_threads(const char *isa)
@@ -517,6 +579,7 @@ main(void)
         test_matmul(be, sc);
         test_matmul_batch(be);
         test_ops(be, sc);
+        test_fake_quant(be, sc);
         test_threads(isas[i]);
         printf("%s: %s (worst matmul scaled error %.2g)\n", be->name,
                test_failed_count == before ? "ok" : "FAILED", worst_matmul);
