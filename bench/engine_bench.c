@@ -292,6 +292,26 @@ bench_kernels(const dsv4_backend *sc, const dsv4_backend *fb)
         TIME_BEST(50, tf, for (int h = 0; h < 16; h++) fb->hadamard(fb, y + h * 128, 128));
         kernel_row("hadamard 16 x 128", ts, tf);
     }
+    {
+        /* the glue of one decode token: 6 expert activations, an mHC
+         * post-mix of 4 streams, the FP8 KV and FP4 indexer quantisers */
+        float post[4] = { 0.5f, 0.5f, 0.5f, 0.5f }, comb[16];
+        for (int k = 0; k < 16; k++) {
+            comb[k] = 0.25f;
+        }
+        TIME_BEST(50, ts, sc->swiglu(sc, y, x, 6 * 512, 10.0f, 0.3f));
+        TIME_BEST(50, tf, fb->swiglu(fb, y, x, 6 * 512, 10.0f, 0.3f));
+        kernel_row("swiglu 6 x 512", ts, tf);
+        TIME_BEST(50, ts, sc->hc_post(sc, y, x, post, comb, 4, 1024));
+        TIME_BEST(50, tf, fb->hc_post(fb, y, x, post, comb, 4, 1024));
+        kernel_row("mHC post-mix 4 x 1024", ts, tf);
+        TIME_BEST(50, ts, sc->fake_quant_fp8(sc, y, 448, 64));
+        TIME_BEST(50, tf, fb->fake_quant_fp8(fb, y, 448, 64));
+        kernel_row("fake quant fp8 448 (blocks of 64)", ts, tf);
+        TIME_BEST(50, ts, sc->fake_quant_fp4(sc, y, 16 * 128, 32));
+        TIME_BEST(50, tf, fb->fake_quant_fp4(fb, y, 16 * 128, 32));
+        kernel_row("fake quant fp4 16 x 128 (of 32)", ts, tf);
+    }
     free(x);
     free(y);
 }
