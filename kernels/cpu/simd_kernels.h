@@ -46,7 +46,7 @@
 #define NV          (32 / VL)
 #define GEMV_MAXN   DSV4_GEMV_MAX_TOKENS
 #define GEMM_RB     (GEMM_NR * GEMM_PANELS)     /* rows per packed block */
-#define GEMV_AHEAD  8192                        /* bytes a GEMV prefetches ahead */
+#define GEMV_AHEAD  8192                        /* least bytes a GEMV prefetches ahead */
 #define GEMM_KC     512                         /* columns per packed block (x 32) */
 #define GEMM_TB     32                          /* tokens per accumulator block */
 #define DSV4_INLINE static inline __attribute__((always_inline)) DSV4_TARGET
@@ -157,21 +157,17 @@ dsv4_row_next(int fmt, dsv4_row row, int k)
 
 /* GEMV tile: GEMV_RT(nt) rows from r0 (nr valid) against nt <= GEMV_MAXN
  * tokens, each weight vector dequantised once in registers and used by every
- * token.  Rows past nr repeat the last one (computed, not stored). */
+ * token.  Rows past nr repeat the last one (computed, not stored).  Each unit
+ * prefetches `ahead` bytes further on (harmless past the matrix end). */
 DSV4_INLINE void
 dsv4_gemv_tile(int fmt, int nt, const dsv4_mat *w, int r0, int nr, const float *x, int ldx,
-               float *y, int ldy)
+               float *y, int ldy, size_t ahead)
 {
     enum { RT = GEMV_RT(1) };
     const int rt = GEMV_RT(nt);
     vf        acc[RT][GEMV_MAXN];
     dsv4_row  rows[RT];
     int       K = w->cols, k;
-    /* decode rows are short (a few hundred bytes to a few KB), too short for
-     * the hardware prefetchers to ramp up, and a tile's rows are adjacent in
-     * memory: each unit prefetches GEMV_AHEAD bytes further on (harmless
-     * past the matrix end) */
-    const size_t ahead = GEMV_AHEAD;
 
     DSV4_UNROLL
     for (int i = 0; i < rt; i++) {
@@ -229,16 +225,25 @@ dsv4_gemv_nt(int fmt, int nt, const dsv4_mat *w, int r0, int r1, const float *x,
              float *y, int ldy)
 {
     const int rt = GEMV_RT(nt);
-    /* the tiles prefetch GEMV_AHEAD bytes ahead of themselves: start the
-     * stream for the first GEMV_AHEAD bytes of the row range here */
+    /* Decode rows are read once, as rt streams side by side, too briefly for
+     * the hardware prefetchers (which also stop at every 4 KB page).  The
+     * rows of a tile are adjacent, so the bytes a unit will need later lie a
+     * whole number of tiles further on: prefetch there, at least GEMV_AHEAD
+     * bytes (memory latency) ahead.  With rows of 4 KB and more (V4-Flash's
+     * dim) a fixed distance would land inside the tile being read.  The
+     * first `ahead` bytes of the range are prefetched here. */
+    size_t    row_bytes = (size_t) w->cols * dsv4_unit_bytes(fmt) / 32;
+    size_t    tile = (size_t) rt * row_bytes;
+    size_t    ahead = (GEMV_AHEAD + tile - 1) / tile * tile;
+    size_t    lead = (size_t) (r1 - r0) * row_bytes;
     dsv4_row  first = dsv4_row_at(fmt, w, r0);
-    size_t    lead = (size_t) (r1 - r0) * (size_t) w->cols * dsv4_unit_bytes(fmt) / 32;
 
-    for (size_t off = 0; off < lead && off < GEMV_AHEAD; off += 64) {
+    for (size_t off = 0; off < lead && off < ahead; off += 64) {
         __builtin_prefetch(first.data + off);
     }
     for (int r = r0; r < r1; r += rt) {
-        dsv4_gemv_tile(fmt, nt, w, r, r1 - r < rt ? r1 - r : rt, x, ldx, y + (r - r0), ldy);
+        dsv4_gemv_tile(fmt, nt, w, r, r1 - r < rt ? r1 - r : rt, x, ldx, y + (r - r0), ldy,
+                       ahead);
     }
 }
 
