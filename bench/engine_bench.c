@@ -13,6 +13,8 @@
  *   - decode, one sequence: tokens/s, weight bytes read per token (counted by
  *     the backend: the rows every matmul touched, i.e. the active weights),
  *     and bytes/s as a fraction of the streaming bandwidth;
+ *   - one-token matmuls streaming 512 MB of matrices of V4-Flash's own
+ *     shapes (the model is a quarter of its width): weight GB/s;
  *   - prefill of 512 and 2048 tokens: tokens/s, matmul GFLOP/s (2 x rows x
  *     cols x tokens, counted by the backend; attention not included) as a
  *     fraction of sgemm; also with the OpenBLAS path;
@@ -191,6 +193,40 @@ bench_mat_new(dsv4_mat_type t, int R, int C)
     b.m.data = b.data;
     b.m.scale = b.scale;
     return b;
+}
+
+/* ---- GEMV from memory at V4-Flash's widths ------------------------------ */
+
+/* The benchmark model is a quarter of V4-Flash's width; these are the real
+ * model's matrix shapes, whose rows of 1-8 KB stress prefetching differently. */
+static const struct { dsv4_mat_type t; const char *what; int R, C; } v4_shapes[] = {
+    { DSV4_MAT_FP8, "fp8 4096x4096 (attention, shared expert)", 4096, 4096 },
+    { DSV4_MAT_BF16, "bf16 4096x4096 (compressors, head)", 4096, 4096 },
+    { DSV4_MAT_FP4, "fp4 2048x4096 (routed expert w1, w3)", 2048, 4096 },
+    { DSV4_MAT_FP4, "fp4 4096x2048 (routed expert w2)", 4096, 2048 },
+};
+
+/* Weight GB/s of one-token matmuls on fresh R x C matrices of type t laid
+ * end to end over buf [len] (more than any cache), one pass over all of
+ * them, best of 3.  scale: enough e8m0 bytes for any of them. */
+static double
+measure_gemv_stream(const dsv4_backend *be, dsv4_mat_type t, int R, int C, uint8_t *buf,
+                    size_t len, const uint8_t *scale, const float *x, float *y)
+{
+    static const int bits[] = { 32, 16, 8, 4 };
+    size_t           mbytes = (size_t) R * C * bits[t] / 8;
+    size_t           count = len / mbytes;
+    double           best = 1e30;
+
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now();
+        for (size_t i = 0; i < count; i++) {
+            dsv4_mat m = { t, R, C, buf + i * mbytes, t >= DSV4_MAT_FP8 ? scale : NULL };
+            be->matmul(be, &m, 0, R, x, C, 1, y, R);
+        }
+        best = fmin(best, now() - t0);
+    }
+    return (double) (count * mbytes) / best / 1e9;
 }
 
 #define TIME_BEST(reps, best, stmt)                                         \
@@ -566,6 +602,38 @@ main(int argc, char **argv)
            dec_bytes / bw / 1e6, bw * 1e9 / dec_bytes, bw_after);
     fflush(stdout);
 
+    /* GEMV from memory at the real model's widths, one thread and all */
+    double   v4_fp8 = 0.0;
+    size_t   v4_len = (size_t) 512 << 20;
+    uint8_t *v4_buf = malloc(v4_len), *v4_scale = malloc((size_t) 4096 * 4096 / 32);
+    float   *v4_x = malloc(4096 * sizeof(float)), *v4_y = malloc(4096 * sizeof(float));
+    dsv4_cpu_opts       o1 = { 1, isa, 0 };
+    const dsv4_backend *f1 = dsv4_backend_cpu_new_opts(&o1, err, sizeof(err));
+    if (v4_buf != NULL && v4_scale != NULL && v4_x != NULL && v4_y != NULL && f1 != NULL) {
+        memset(v4_buf, 0x3C, v4_len);           /* a normal value in every format */
+        memset(v4_scale, 120, (size_t) 4096 * 4096 / 32);
+        for (int i = 0; i < 4096; i++) {
+            v4_x[i] = frand();
+        }
+        printf("\nGEMV from memory at V4-Flash's widths (one token, 512 MB of matrices per pass)\n");
+        printf("  %-42s %12s %12s\n", "matrix", "1 thread", nthreads > 1 ? "all threads" : "");
+        for (size_t i = 0; i < sizeof(v4_shapes) / sizeof(v4_shapes[0]); i++) {
+            double g1 = measure_gemv_stream(f1, v4_shapes[i].t, v4_shapes[i].R, v4_shapes[i].C,
+                                            v4_buf, v4_len, v4_scale, v4_x, v4_y);
+            double gn = nthreads > 1 ? measure_gemv_stream(fb, v4_shapes[i].t, v4_shapes[i].R,
+                                                           v4_shapes[i].C, v4_buf, v4_len,
+                                                           v4_scale, v4_x, v4_y) : g1;
+            printf("  %-42s %7.1f GB/s %7.1f GB/s  (%.2f of streaming)\n", v4_shapes[i].what, g1,
+                   gn, gn / bw);
+            if (i == 0) {
+                v4_fp8 = gn;
+            }
+        }
+        fflush(stdout);
+    }
+    dsv4_backend_cpu_free(f1);
+    free(v4_buf); free(v4_scale); free(v4_x); free(v4_y);
+
     /* prefill */
     printf("\nprefill (one call per prompt; matmul GFLOP/s vs OpenBLAS sgemm)\n");
     printf("  %-28s %8s %10s %10s %9s\n", "backend", "tokens", "tokens/s", "GFLOP/s", "vs sgemm");
@@ -652,6 +720,8 @@ main(int argc, char **argv)
     printf("decode_tokens_per_s %.2f\n", dec_tok_s);
     printf("decode_weight_mb_per_token %.1f\n", dec_bytes / 1e6);
     printf("decode_bw_fraction %.2f\n", dec_bw / bw);
+    printf("gemv_fp8_4096_gb_per_s %.2f\n", v4_fp8);
+    printf("gemv_fp8_4096_fraction %.2f\n", v4_fp8 / bw);
     printf("prefill_tokens_per_s_512 %.1f\n", t512);
     printf("prefill_tokens_per_s_2048 %.1f\n", t2048);
     printf("prefill_gflops_512 %.1f\n", fl512 * t512 / 512 / 1e9);
