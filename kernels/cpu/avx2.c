@@ -121,6 +121,7 @@ deq_fp8(const uint8_t *p, int n, vf out[4])
         memcpy(buf, p, (size_t) n);
         p = buf;
     }
+    _Pragma("GCC unroll 4")          /* out[] must stay in registers */
     for (int h = 0; h < 2; h++) {
         __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *) (p + 16 * h)));
         __m256i t = _mm256_slli_epi16(w, 7);            /* s at bit 14, eeeemmm at 13..7 */
@@ -143,9 +144,17 @@ deq_fp8x(const uint8_t *p, int n, vf out[4])
         memcpy(buf, p, (size_t) n);
         p = buf;
     }
+    /* each 8 codes broadcast to both 128-bit lanes; one byte shuffle puts
+     * code i at the top of dword i (lane 0: codes 0-3, lane 1: 4-7) */
+    const __m256i top = _mm256_setr_epi8(-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2,
+                                         -1, -1, -1, 3, -1, -1, -1, 4, -1, -1, -1, 5,
+                                         -1, -1, -1, 6, -1, -1, -1, 7);
+    _Pragma("GCC unroll 4")          /* out[] must stay in registers */
     for (int v = 0; v < 4; v++) {
-        __m256i t = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (p + 8 * v)));
-        t = _mm256_srai_epi32(_mm256_slli_epi32(t, 24), 4);
+        int64_t c;
+        memcpy(&c, p + 8 * v, sizeof(c));
+        __m256i t = _mm256_shuffle_epi8(_mm256_set1_epi64x(c), top);
+        t = _mm256_srai_epi32(t, 4);
         out[v] = _mm256_castsi256_ps(_mm256_and_si256(t, m));
     }
 }
@@ -182,6 +191,7 @@ deq_bf16(const uint16_t *p, int n, vf out[4])
         memcpy(buf, p, (size_t) n * sizeof(uint16_t));
         p = buf;
     }
+    _Pragma("GCC unroll 4")          /* out[] must stay in registers */
     for (int v = 0; v < 4; v++) {
         __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *) (p + 8 * v)));
         out[v] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));

@@ -118,6 +118,7 @@ deq_fp8x(const uint8_t *p, int n, vf out[2])
 {
     const __m512i m = _mm512_set1_epi32((int) 0x87F00000u);
 
+    _Pragma("GCC unroll 4")          /* out[] must stay in registers */
     for (int h = 0; h < 2; h++) {
         int     c = n - 16 * h;
         __m128i b = c >= 16 ? _mm_loadu_si128((const __m128i *) (p + 16 * h))
