@@ -10,8 +10,8 @@
  * converts halves exactly.  The 2^8 is folded into the block scale.  The
  * NaN codes 0x7F/0xFF come out as +-480 (checkpoints contain none).
  *
- * FP4 e2m1 -> float likewise: every e2m1 value is a half whose low byte is
- * zero, so a 16-entry byte table (pshufb) gives the high bytes.
+ * FP4 e2m1 -> float: a sign bit and one of 8 magnitudes, which an 8-lane
+ * vpermps looks up in the block's scaled table (deq_fp4s).
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -160,25 +160,28 @@ deq_fp8x(const uint8_t *p, int n, vf out[4])
 }
 
 /* 16 bytes of e2m1 pairs (low nibble first) times scale s -> 4 vectors,
- * natural order. */
+ * natural order: each 4 bytes (8 codes) are broadcast, a variable shift
+ * brings code j to the bottom of lane j for vpermps over the scaled
+ * magnitudes (it reads 3 bits), and another puts its sign bit at bit 31.
+ * One shuffle per 8 weights; byte shuffles through half precision took
+ * three and ran ~20% slower. */
 DSV4_AV void
 deq_fp4s(const uint8_t *p, float s, vf out[4])
 {
-    const __m128i lut = _mm_setr_epi8(0x00, 0x38, 0x3C, 0x3E, 0x40, 0x42, 0x44, 0x46,
-                                      (char) 0x80, (char) 0xB8, (char) 0xBC, (char) 0xBE,
-                                      (char) 0xC0, (char) 0xC2, (char) 0xC4, (char) 0xC6);
-    const __m128i m = _mm_set1_epi8(0x0F), z = _mm_setzero_si128();
-    __m128i       b = _mm_loadu_si128((const __m128i *) p);
-    __m128i       lo = _mm_shuffle_epi8(lut, _mm_and_si128(b, m));
-    __m128i       hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), m));
-    __m128i       i0 = _mm_unpacklo_epi8(lo, hi), i1 = _mm_unpackhi_epi8(lo, hi);
+    const vf      tab = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+    const __m256i down = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i up = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+    const vf      sign = _mm256_set1_ps(-0.0f);
+    vf            mag = _mm256_mul_ps(tab, _mm256_set1_ps(s));
 
-    vf            sv = _mm256_set1_ps(s);
-
-    out[0] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpacklo_epi8(z, i0)), sv);
-    out[1] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpackhi_epi8(z, i0)), sv);
-    out[2] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpacklo_epi8(z, i1)), sv);
-    out[3] = _mm256_mul_ps(_mm256_cvtph_ps(_mm_unpackhi_epi8(z, i1)), sv);
+    _Pragma("GCC unroll 4")          /* out[] must stay in registers */
+    for (int v = 0; v < 4; v++) {
+        int32_t c;
+        memcpy(&c, p + 4 * v, sizeof(c));
+        __m256i b = _mm256_set1_epi32(c);
+        vf      sg = _mm256_and_ps(_mm256_castsi256_ps(_mm256_sllv_epi32(b, up)), sign);
+        out[v] = _mm256_xor_ps(_mm256_permutevar8x32_ps(mag, _mm256_srlv_epi32(b, down)), sg);
+    }
 }
 
 DSV4_AV void
