@@ -118,6 +118,23 @@ dsv4_hc_mix(dsv4_ctx *c, const dsv4_mat *fn, const float *x, int n, float *mix)
     }
 }
 
+/* out [D] = sum_s pre[s] X[s], pre[s] = sigmoid(mix[s] * scale0 + base[s]) +
+ * eps: one token's streams xi [hc, D] collapsed (HC_PRE, HC_HEAD). */
+static void
+dsv4_hc_collapse(const dsv4_config *cfg, const float *mix, float scale0, const float *base,
+                 const float *xi, float *out)
+{
+    int D = cfg->dim;
+
+    memset(out, 0, (size_t) D * sizeof(float));
+    for (int s = 0; s < cfg->hc_mult; s++) {
+        float pre = dsv4_sigmoid(mix[s] * scale0 + base[s]) + cfg->hc_eps;
+        for (int d = 0; d < D; d++) {
+            out[d] += pre * xi[(size_t) s * D + d];
+        }
+    }
+}
+
 /* HC_PRE for n tokens: a = sum_s pre[s] X[s]; post and Sinkhorn'd comb saved. */
 static void
 dsv4_hc_pre(dsv4_ctx *c, const dsv4_mat *fn, const float *scale, const float *base,
@@ -132,13 +149,9 @@ dsv4_hc_pre(dsv4_ctx *c, const dsv4_mat *fn, const float *scale, const float *ba
         float       *post = c->post + (size_t) i * hc, *comb = c->comb + (size_t) i * hc * hc;
         float       *ai = c->a + (size_t) i * D;
 
-        memset(ai, 0, (size_t) D * sizeof(float));
+        dsv4_hc_collapse(cfg, mix, scale[0], base, xi, ai);
         for (int s = 0; s < hc; s++) {
-            float pre = dsv4_sigmoid(mix[s] * scale[0] + base[s]) + cfg->hc_eps;
             post[s] = 2.0f * dsv4_sigmoid(mix[hc + s] * scale[1] + base[hc + s]);
-            for (int d = 0; d < D; d++) {
-                ai[d] += pre * xi[(size_t) s * D + d];
-            }
         }
         for (int k = 0; k < hc * hc; k++) {
             comb[k] = mix[2 * hc + k] * scale[2] + base[2 * hc + k];
@@ -171,19 +184,13 @@ dsv4_head(dsv4_ctx *c, const float *const *xs, int n, const dsv4_mat *fn, const 
           const float *base, const float *norm, float *logits)
 {
     const dsv4_config *cfg = &c->m->cfg;
-    int                hc = cfg->hc_mult, D = cfg->dim;
+    int                D = cfg->dim;
 
     for (int i = 0; i < n; i++) {
         float *hi = c->head_in + (size_t) i * D;
 
         dsv4_hc_mix(c, fn, xs[i], 1, c->mix);
-        memset(hi, 0, (size_t) D * sizeof(float));
-        for (int s = 0; s < hc; s++) {
-            float pre = dsv4_sigmoid(c->mix[s] * scale[0] + base[s]) + cfg->hc_eps;
-            for (int d = 0; d < D; d++) {
-                hi[d] += pre * xs[i][(size_t) s * D + d];
-            }
-        }
+        dsv4_hc_collapse(cfg, c->mix, scale[0], base, xs[i], hi);
         c->be->rmsnorm(c->be, hi, hi, norm, D, cfg->norm_eps);
     }
     c->be->matmul(c->be, &c->m->head, 0, cfg->vocab_size, c->head_in, D, n, logits,
