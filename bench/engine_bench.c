@@ -173,13 +173,21 @@ typedef struct {
     uint8_t *scale;
 } bench_mat;
 
+/* Bytes of an R x C matrix's data (scales apart). */
+static size_t
+bench_mat_data_bytes(dsv4_mat_type t, int R, int C)
+{
+    static const int bits[] = { 32, 16, 8, 4 };
+
+    return (size_t) R * C * bits[t] / 8;
+}
+
 static bench_mat
 bench_mat_new(dsv4_mat_type t, int R, int C)
 {
-    static const int bytes[] = { 4, 2, 1, 1 };
-    size_t           n = (size_t) R * C * bytes[t] / (t == DSV4_MAT_FP4 ? 2 : 1);
-    bench_mat        b = { { t, R, C, NULL, NULL }, malloc(n), NULL };
-    uint8_t         *d = b.data;
+    size_t    n = bench_mat_data_bytes(t, R, C);
+    bench_mat b = { { t, R, C, NULL, NULL }, malloc(n), NULL };
+    uint8_t  *d = b.data;
 
     for (size_t i = 0; i < n; i++) {
         d[i] = (uint8_t) (rnd() & 0x77);        /* no NaN/inf patterns in any format */
@@ -213,10 +221,9 @@ static double
 measure_gemv_stream(const dsv4_backend *be, dsv4_mat_type t, int R, int C, uint8_t *buf,
                     size_t len, const uint8_t *scale, const float *x, float *y)
 {
-    static const int bits[] = { 32, 16, 8, 4 };
-    size_t           mbytes = (size_t) R * C * bits[t] / 8;
-    size_t           count = len / mbytes;
-    double           best = 1e30;
+    size_t mbytes = bench_mat_data_bytes(t, R, C);
+    size_t count = len / mbytes;
+    double best = 1e30;
 
     for (int rep = 0; rep < 3; rep++) {
         double t0 = now();
