@@ -8,6 +8,9 @@
  * Baselines measured here, now, with the same thread count:
  *   - streaming-read memory bandwidth (every thread sums its slice of 1 GiB);
  *   - OpenBLAS sgemm GFLOP/s (dlopen'ed libopenblas) on the prefill shapes.
+ * Without either baseline the benchmark stops (exit 1, one line naming what
+ * is missing): no fraction is ever printed against a baseline it did not
+ * measure.  --no-blas only skips the prefill pass on the OpenBLAS backend.
  * Then:
  *   - each SIMD kernel vs the scalar reference, one thread (speedup);
  *   - decode, one sequence: tokens/s, weight bytes read per token (counted by
@@ -511,9 +514,12 @@ main(int argc, char **argv)
         return 1;
     }
     nthreads = dsv4_backend_cpu_threads(fb);
-    int have_blas = do_blas && dsv4_blas_load(err, sizeof(err)) == 0;
+    if (dsv4_blas_load(err, sizeof(err)) != 0) {
+        fprintf(stderr, "engine_bench: no sgemm baseline: %s\n", err);
+        return 1;
+    }
     printf("machine: %s; kernels %s, %d thread%s; OpenBLAS: %s\n", cpu_model_name(cpu, sizeof(cpu)),
-           fb->name, nthreads, nthreads > 1 ? "s" : "", have_blas ? dsv4_blas_config() : err);
+           fb->name, nthreads, nthreads > 1 ? "s" : "", dsv4_blas_config());
     fflush(stdout);
 
     /* baselines */
@@ -530,6 +536,11 @@ main(int argc, char **argv)
         dsv4_pool_free(p1);
     }
     dsv4_pool_free(pool);
+    if (bw <= 0.0 || (nthreads > 1 && bw1 <= 0.0)) {
+        fprintf(stderr, "engine_bench: no bandwidth baseline: could not allocate or read the "
+                "1 GiB buffer\n");
+        return 1;
+    }
     printf("\nbaselines (same run)\n");
     printf("  streaming read, %d thread%s:   %7.2f GB/s\n", nthreads, nthreads > 1 ? "s" : "", bw);
     if (nthreads > 1) {
@@ -542,20 +553,21 @@ main(int argc, char **argv)
         return 1;
     }
     cfg = dsv4_model_config(m);
-    double sg512 = 0.0, sg2048 = 0.0, sg1 = 0.0;
-    if (have_blas) {
-        /* the model's most common prefill shape: tokens x (I or D) x D */
-        dsv4_blas_set_threads(nthreads);
-        sg512 = measure_sgemm(512, 2 * cfg->dim, cfg->dim, 3);
-        sg2048 = measure_sgemm(2048, 2 * cfg->dim, cfg->dim, 2);
-        dsv4_blas_set_threads(1);
-        sg1 = measure_sgemm(512, 2 * cfg->dim, cfg->dim, 3);
-        printf("  OpenBLAS sgemm 512x%dx%d, %d thr: %7.1f GFLOP/s\n", 2 * cfg->dim, cfg->dim,
-               nthreads, sg512);
-        printf("  OpenBLAS sgemm 2048x%dx%d, %d thr:%7.1f GFLOP/s\n", 2 * cfg->dim, cfg->dim,
-               nthreads, sg2048);
-        printf("  OpenBLAS sgemm 512x%dx%d, 1 thr:  %7.1f GFLOP/s\n", 2 * cfg->dim, cfg->dim, sg1);
+    /* the model's most common prefill shape: tokens x (I or D) x D */
+    dsv4_blas_set_threads(nthreads);
+    double sg512 = measure_sgemm(512, 2 * cfg->dim, cfg->dim, 3);
+    double sg2048 = measure_sgemm(2048, 2 * cfg->dim, cfg->dim, 2);
+    dsv4_blas_set_threads(1);
+    double sg1 = measure_sgemm(512, 2 * cfg->dim, cfg->dim, 3);
+    if (sg512 <= 0.0 || sg2048 <= 0.0 || sg1 <= 0.0) {
+        fprintf(stderr, "engine_bench: no sgemm baseline: out of memory for the sgemm operands\n");
+        return 1;
     }
+    printf("  OpenBLAS sgemm 512x%dx%d, %d thr: %7.1f GFLOP/s\n", 2 * cfg->dim, cfg->dim,
+           nthreads, sg512);
+    printf("  OpenBLAS sgemm 2048x%dx%d, %d thr:%7.1f GFLOP/s\n", 2 * cfg->dim, cfg->dim,
+           nthreads, sg2048);
+    printf("  OpenBLAS sgemm 512x%dx%d, 1 thr:  %7.1f GFLOP/s\n", 2 * cfg->dim, cfg->dim, sg1);
     fflush(stdout);
 
     if (do_kernels) {
@@ -644,7 +656,7 @@ main(int argc, char **argv)
     /* prefill */
     printf("\nprefill (one call per prompt; matmul GFLOP/s vs OpenBLAS sgemm)\n");
     printf("  %-28s %8s %10s %10s %9s\n", "backend", "tokens", "tokens/s", "GFLOP/s", "vs sgemm");
-    for (int pass = 0; pass < 1 + have_blas; pass++) {
+    for (int pass = 0; pass < 1 + do_blas; pass++) {
         const dsv4_backend *be = fb;
         if (pass == 1) {
             dsv4_cpu_opts ob = { nthreads, isa, 1 };
@@ -664,10 +676,10 @@ main(int argc, char **argv)
             }
             double gf = fl / best / 1e9, base = sizes[k] == 512 ? sg512 : sg2048;
             printf("  %-28s %8d %10.1f %10.1f %9.2f   (%.0f MFLOP/token)\n", be->name, sizes[k],
-                   sizes[k] / best, gf, base > 0 ? gf / base : 0.0, fl / 1e6 / sizes[k]);
+                   sizes[k] / best, gf, gf / base, fl / 1e6 / sizes[k]);
             if (pass == 0) {
                 *(k == 0 ? &t512 : &t2048) = sizes[k] / best;
-                *(k == 0 ? &b512 : &b2048) = base > 0 ? gf / base : 0.0;
+                *(k == 0 ? &b512 : &b2048) = gf / base;
                 *(k == 0 ? &fl512 : &fl2048) = fl;
             }
             fflush(stdout);

@@ -507,6 +507,11 @@ class Rope:
 # the stability check in compare.py: it imitates an engine that sums in another order.
 NOISE = None
 
+# A planted bug (None or one of PLANTS), for the mutation checks of test_reference: the
+# comparison must fail when the reference computes a plausible slip of the spec.
+PLANTS = ("rope-sign", "compressor-late", "no-sink")
+PLANT = None
+
 
 def linear(w, x):
     """y = x W^T (no bias anywhere in V4).  w: [out, in], x: [..., in] -> [..., out]"""
@@ -630,10 +635,17 @@ class Compressor:
         self.prev = None        # (K [m, c*d], Z [m, c*d]) of the previous complete block
         self.cur_k = []         # K_t of the current block so far
         self.cur_z = []         # Z_t (score incl. ape) of the current block so far
+        self.late = None        # PLANT "compressor-late": the entry held back one token
 
     def push(self, a, p):
         """Feed token p's normalised block input a [D]; returns the new entry c_j [d]
         when (p+1) mod m == 0 (j = p div m), else None."""
+        if PLANT == "compressor-late":            # the entry reaches the token after its block
+            late, self.late = getattr(self, "late", None), self._push(a, p)
+            return late
+        return self._push(a, p)
+
+    def _push(self, a, p):
         m, d = self.m, self.d
         self.cur_k.append(linear(self.wkv, a))                        # [c*d]
         self.cur_z.append((linear(self.wgate, a) + self.ape[p % m]).astype(DT))  # [c*d]
@@ -766,7 +778,10 @@ class Block:
         qr = rmsnorm(linear(self.wq_a, a), self.q_norm, self.eps)     # [Rq]
         q = linear(self.wq_b, qr).reshape(H, hd)                      # [H, hd]
         q = rmsnorm(q, None, self.eps)                                # unweighted per head
+        q0 = q[0].copy()
         q = self.rope.apply(q, p)                                     # [H, hd]
+        if PLANT == "rope-sign":                                      # head 0 rotated backwards
+            q[0] = self.rope.apply(q0, p, inverse=True)
         kv = rmsnorm(linear(self.wkv, a), self.kv_norm, self.eps)     # [hd]
         kv = self.rope.apply(kv, p)
         kv[:hd - rd] = fake_quant_fp8(kv[:hd - rd], 64)               # nope dims only
@@ -792,6 +807,8 @@ class Block:
         M = np.max(z, axis=1, keepdims=True)                          # [H, 1]
         e = np.exp(z - M)                                             # [H, N]
         den = np.sum(e, axis=1) + np.exp(self.sink - M[:, 0])         # [H]  sink in denominator
+        if PLANT == "no-sink":
+            den = np.sum(e, axis=1)
         o = (e @ Kmat) / den[:, None]                                 # [H, hd]
         o = self.rope.apply(o.astype(DT), p, inverse=True)            # de-rotate at query pos
         og = o.reshape(self.G, -1)                                    # [G, H*hd/G]
@@ -801,7 +818,7 @@ class Block:
     def indexer(self, a, qr, p):
         """Lightning indexer (V4-MODEL.md 4.7) -> list of selected compressed entry ids."""
         nvalid = len(self.idx_keys)                                   # == (p+1) div 4
-        assert nvalid == (p + 1) // 4 == len(self.entries)
+        assert nvalid == len(self.entries) and (nvalid == (p + 1) // 4 or PLANT == "compressor-late")
         if nvalid == 0:
             return []
         qI = linear(self.idx_wq_b, qr).reshape(self.Hi, self.di)      # [Hi, di]
