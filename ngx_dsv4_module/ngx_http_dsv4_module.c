@@ -90,6 +90,7 @@ static ngx_conf_enum_t  ngx_http_dsv4_limit_fails[] = {
 static ngx_conf_enum_t  ngx_http_dsv4_cache_scopes[] = {
     { ngx_string("global"), NGX_HTTP_DSV4_CACHE_SCOPE_GLOBAL },
     { ngx_string("key"), NGX_HTTP_DSV4_CACHE_SCOPE_KEY },
+    { ngx_string("auto"), NGX_HTTP_DSV4_CACHE_SCOPE_AUTO },
     { ngx_null_string, 0 }
 };
 
@@ -505,7 +506,7 @@ ngx_http_dsv4_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(dmcf->cache_disk_max, 1024 * 1024 * 1024);
     ngx_conf_init_value(dmcf->cache_block, 0);
     ngx_conf_init_uint_value(dmcf->cache_scope,
-                             NGX_HTTP_DSV4_CACHE_SCOPE_GLOBAL);
+                             NGX_HTTP_DSV4_CACHE_SCOPE_AUTO);
 
     if (dmcf->cache_key_prefix.data == NULL) {
         ngx_str_set(&dmcf->cache_key_prefix, "dsv4:");

@@ -84,6 +84,8 @@
 
 #define NGX_HTTP_DSV4_CACHE_SCOPE_GLOBAL    0
 #define NGX_HTTP_DSV4_CACHE_SCOPE_KEY       1
+/* the default: "key" where the request carries a dsv4_keys key, else "global" */
+#define NGX_HTTP_DSV4_CACHE_SCOPE_AUTO      2
 
 
 #define NGX_HTTP_DSV4_KEYS_OFF              0

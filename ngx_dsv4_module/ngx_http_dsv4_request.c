@@ -613,13 +613,17 @@ ngx_http_dsv4_submit(ngx_http_request_t *r, ngx_http_dsv4_ctx_t *ctx)
      * key keeps its tenant's cache); else the Authorization header's
      * bearer token is.  The library hashes the salt into the chain's root
      * key (SHA-256): it is neither stored nor sent to Redis.  Requests
-     * without a token share the unsalted scope.
+     * without a token share the unsalted scope.  The default (auto) is
+     * per tenant wherever dsv4_keys identified one, so that no tenant can
+     * time whether another's prompt is cached; global only when asked.
      */
 
     ngx_str_null(&salt);
 
     if (m->cache != NULL
-        && prep->dmcf->cache_scope == NGX_HTTP_DSV4_CACHE_SCOPE_KEY)
+        && (prep->dmcf->cache_scope == NGX_HTTP_DSV4_CACHE_SCOPE_KEY
+            || (prep->dmcf->cache_scope == NGX_HTTP_DSV4_CACHE_SCOPE_AUTO
+                && ctx->lim != NULL && ctx->lim->has_key)))
     {
         if (ctx->lim != NULL && ctx->lim->has_key) {
             salt.data = (u_char *) ctx->lim->key.tenant;

@@ -343,4 +343,38 @@ ok(@anon && !grep({ ($_->{tenant} // '') ne '-' } @anon), 'refused requests log 
 $t->log_clean(undef, qr/\[(alert|crit)\]|\[emerg\](?!.*keys\.txt:4: )|AddressSanitizer|runtime error|LeakSanitizer/);
 $rk->log_clean;
 $redis->stop;
+
+# ---- the prefix cache follows the keys: per tenant unless told global -------
+# (dsv4_cache_scope auto, the default; the side channel of a shared prefix
+# cache is the time to first token, seen here as cached_tokens)
+my $B = 32;     # the demo model's compress ratios are 4 and 32
+for my $scope ('', 'global') {
+    my $name = $scope || 'the default scope';
+    my $c = Dsv4Nginx->standard(workers => 1, api => 'dsv4_keys keys-cache.txt;',
+                                http => "    dsv4_cache on;\n    dsv4_cache_block $B;\n"
+                                      . ($scope ? "    dsv4_cache_scope $scope;\n" : ''));
+    write_keys($c->dir . '/keys-cache.txt', keyline('alice'), keyline('carol'));
+    ok($c->run, "nginx with dsv4_keys and a memory cache, $name");
+    my @p = map { 300 + ($_ * 7919 + length $scope) % 60000 } 1 .. 3 * $B + 1;
+    my $cmpl = sub {
+        my $r = $c->post_json('/v1/completions', { model => 'demo', prompt => \@p, max_tokens => 2,
+                                                   temperature => 0 },
+                              Authorization => "Bearer $K{$_[0]}");
+        is($r->{status}, 200, "$name: $_[0] is served") or diag($r->{body});
+        return $r->{json}{usage}{prompt_tokens_details}{cached_tokens} // -1;
+    };
+    is($cmpl->('alice'), 0, "$name: alice's first request finds nothing cached");
+    my $deadline = time + 20;
+    sleep 0.05 while ($c->metric('dsv4:cache_written_values_total', 'tier="memory"') || 0) < 3
+        && time < $deadline;
+    my $carol = $cmpl->('carol');
+    if ($scope eq 'global') {
+        cmp_ok($carol, '>=', 2 * $B, 'global: carol reuses alice\'s prefix (shared on purpose)');
+    } else {
+        is($carol, 0, 'by default carol (another tenant) does not see alice\'s prefix');
+    }
+    cmp_ok($cmpl->('alice'), '>=', 2 * $B, "$name: alice's own prefix is cached for her");
+    $c->finish;
+    $c->log_clean;
+}
 done_testing;
