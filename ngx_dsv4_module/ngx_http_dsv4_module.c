@@ -377,7 +377,7 @@ static ngx_command_t  ngx_http_dsv4_commands[] = {
 
 static ngx_http_module_t  ngx_http_dsv4_module_ctx = {
     ngx_http_dsv4_preconfiguration,        /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_dsv4_errors_init,             /* postconfiguration */
 
     ngx_http_dsv4_create_main_conf,        /* create main configuration */
     ngx_http_dsv4_init_main_conf,          /* init main configuration */
@@ -654,6 +654,9 @@ ngx_http_dsv4_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         conf->api = NGX_HTTP_DSV4_API_NONE;
         return NGX_CONF_OK;
     }
+
+    /* nginx's errors before a location is chosen answer in JSON here */
+    prev->json_errors = 1;
 
     if ((conf->api == NGX_HTTP_DSV4_API_USAGE
          || conf->api == NGX_HTTP_DSV4_API_USAGE_ADMIN)

@@ -318,6 +318,7 @@ typedef struct {
 
 typedef struct {
     ngx_uint_t                  api;
+    ngx_flag_t                  json_errors;    /* a dsv4 location is below */
     size_t                      max_body_size;
     ngx_int_t                   max_prompt_tokens;
     ngx_int_t                   max_tokens;
@@ -463,6 +464,10 @@ struct ngx_http_dsv4_ctx_s {
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
 
+    /* nginx's read handler while the body arrives (errors.c watches it) */
+    ngx_http_event_handler_pt   body_read_handler;
+
+    unsigned                    body_read:1;    /* the body handler ran */
     unsigned                    stream:1;
     unsigned                    header_sent:1;
     unsigned                    finalized:1;
@@ -498,6 +503,17 @@ ngx_int_t ngx_http_dsv4_send_error_typed(ngx_http_request_t *r,
     const char *param, const char *code);
 ngx_int_t ngx_http_dsv4_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *body);
+ngx_int_t ngx_http_dsv4_json_text(ngx_pool_t *pool, json_t *body,
+    ngx_str_t *text);
+json_t *ngx_http_dsv4_error_json(ngx_uint_t api, ngx_uint_t status,
+    const char *type, const char *message, const char *param,
+    const char *code);
+const char *ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status);
+
+/* ngx_http_dsv4_errors.c */
+ngx_int_t ngx_http_dsv4_errors_init(ngx_conf_t *cf);
+void ngx_http_dsv4_watch_body_timeout(ngx_http_request_t *r,
+    ngx_http_dsv4_ctx_t *ctx);
 ngx_int_t ngx_http_dsv4_send_text(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, u_char *data, size_t len);
 ngx_int_t ngx_http_dsv4_stream_header(ngx_http_request_t *r);

@@ -131,6 +131,7 @@ ngx_int_t
 ngx_http_dsv4_start(ngx_http_request_t *r)
 {
     ngx_int_t                  rc;
+    ngx_http_dsv4_ctx_t       *ctx;
     ngx_http_dsv4_loc_conf_t  *dlcf;
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dsv4_module);
@@ -172,6 +173,15 @@ ngx_http_dsv4_start(ngx_http_request_t *r)
 
     r->request_body_in_single_buf = 1;
 
+    ctx = ngx_http_get_module_ctx(r, ngx_http_dsv4_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_http_dsv4_ctx_new(r, dlcf);
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     rc = ngx_http_read_client_request_body(r, ngx_http_dsv4_body_handler);
 
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
@@ -186,7 +196,13 @@ ngx_http_dsv4_start(ngx_http_request_t *r)
                                         ? "the request body is larger than "
                                           "the limit"
                                         : "cannot read the request body",
-                                        NULL, NULL);
+                                        NULL,
+                                        rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+                                        ? "request_too_large" : NULL);
+    }
+
+    if (!ctx->body_read) {
+        ngx_http_dsv4_watch_body_timeout(r, ctx);
     }
 
     return NGX_DONE;
@@ -309,6 +325,8 @@ ngx_http_dsv4_body_handler(ngx_http_request_t *r)
 #endif
 
     dlcf = ngx_http_get_module_loc_conf(r, ngx_http_dsv4_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_dsv4_module);
+    ctx->body_read = 1;
 
     if (ngx_http_dsv4_body(r, &body, &len) != NGX_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -326,14 +344,6 @@ ngx_http_dsv4_body_handler(ngx_http_request_t *r)
     }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_dsv4_module);
-
-    if (ctx == NULL) {
-        ctx = ngx_http_dsv4_ctx_new(r, dlcf);
-        if (ctx == NULL) {
-            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-    }
 
     prep = calloc(1, sizeof(ngx_http_dsv4_prep_t));
     if (prep == NULL) {
@@ -954,19 +964,31 @@ ngx_int_t
 ngx_http_dsv4_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *body)
 {
+    ngx_str_t  text;
+
+    if (ngx_http_dsv4_json_text(r->pool, body, &text) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_dsv4_send_text(r, status, &ngx_http_dsv4_json_type,
+                                   text.data, text.len);
+}
+
+
+/* body (consumed) as compact JSON and a newline, in pool memory */
+
+ngx_int_t
+ngx_http_dsv4_json_text(ngx_pool_t *pool, json_t *body, ngx_str_t *text)
+{
     u_char  *p;
     size_t   len;
 
     len = json_dumpb(body, NULL, 0, JSON_COMPACT);
-    if (len == 0) {
-        json_decref(body);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    p = len ? ngx_pnalloc(pool, len + 1) : NULL;
 
-    p = ngx_pnalloc(r->pool, len + 1);
     if (p == NULL) {
         json_decref(body);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     len = json_dumpb(body, (char *) p, len, JSON_COMPACT);
@@ -974,8 +996,10 @@ ngx_http_dsv4_send_json(ngx_http_request_t *r, ngx_uint_t status,
 
     p[len++] = '\n';
 
-    return ngx_http_dsv4_send_text(r, status, &ngx_http_dsv4_json_type, p,
-                                   len);
+    text->data = p;
+    text->len = len;
+
+    return NGX_OK;
 }
 
 
@@ -1020,7 +1044,7 @@ ngx_http_dsv4_retry_after(ngx_http_request_t *r)
 }
 
 
-static const char *
+const char *
 ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status)
 {
     if (api == NGX_HTTP_DSV4_API_MESSAGES) {
@@ -1039,23 +1063,17 @@ ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status)
         case 503:
             return "overloaded_error";
         default:
-            return "api_error";
+            return status < 500 ? "invalid_request_error" : "api_error";
         }
     }
 
     switch (status) {
-    case 400:
-    case 401:
-    case 404:
-    case 405:
-    case 413:
-        return "invalid_request_error";
     case 429:
         return "rate_limit_error";
     case 503:
         return "service_unavailable_error";
     default:
-        return "server_error";
+        return status < 500 ? "invalid_request_error" : "server_error";
     }
 }
 
@@ -1079,13 +1097,59 @@ ngx_http_dsv4_send_error(ngx_http_request_t *r, ngx_uint_t api,
 
 /* type: OpenAI's error type when the status alone does not say it */
 
+/*
+ * The error body in the API's shape: OpenAI's {"error": {"message", "type",
+ * "param", "code"}}, Anthropic's {"type": "error", "error": {"type",
+ * "message"}} on /v1/messages, and for NGX_HTTP_DSV4_API_NONE (an error
+ * before any location is known) both at once, which either SDK reads:
+ * {"type": "error", "error": {"message", "type", "param", "code"}}.
+ */
+
+json_t *
+ngx_http_dsv4_error_json(ngx_uint_t api, ngx_uint_t status, const char *type,
+    const char *message, const char *param, const char *code)
+{
+    size_t   len;
+    json_t  *msg, *err;
+
+    /* messages may hold client text cut at a byte limit: keep valid UTF-8 */
+
+    len = ngx_strlen(message);
+    len = dsv4_utf8_valid_prefix(message, len);
+
+    msg = json_stringn(message, len);
+    if (msg == NULL) {
+        return NULL;
+    }
+
+    if (api == NGX_HTTP_DSV4_API_MESSAGES) {
+        return json_pack("{s:s,s:{s:s,s:o}}", "type", "error", "error",
+                         "type", ngx_http_dsv4_error_type(api, status),
+                         "message", msg);
+    }
+
+    err = json_pack("{s:o,s:s,s:s?,s:s?}", "message", msg,
+                    "type", type ? type : ngx_http_dsv4_error_type(api, status),
+                    "param", param, "code", code);
+
+    if (err == NULL) {
+        return NULL;
+    }
+
+    if (api == NGX_HTTP_DSV4_API_NONE) {
+        return json_pack("{s:s,s:o}", "type", "error", "error", err);
+    }
+
+    return json_pack("{s:o}", "error", err);
+}
+
+
 ngx_int_t
 ngx_http_dsv4_send_error_typed(ngx_http_request_t *r, ngx_uint_t api,
     ngx_uint_t status, const char *type, const char *message,
     const char *param, const char *code)
 {
-    size_t                     len;
-    json_t                    *body, *err, *msg;
+    json_t                    *body;
     const char                *allow;
     ngx_uint_t                 level;
     ngx_http_dsv4_loc_conf_t  *dlcf;
@@ -1103,30 +1167,7 @@ ngx_http_dsv4_send_error_typed(ngx_http_request_t *r, ngx_uint_t api,
 
     ngx_http_dsv4_metrics_status(api, status);
 
-    /* messages may hold client text cut at a byte limit: keep valid UTF-8 */
-
-    len = ngx_strlen(message);
-    len = dsv4_utf8_valid_prefix(message, len);
-
-    msg = json_stringn(message, len);
-    if (msg == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (api == NGX_HTTP_DSV4_API_MESSAGES) {
-        body = json_pack("{s:s,s:{s:s,s:o}}", "type", "error", "error",
-                         "type", ngx_http_dsv4_error_type(api, status),
-                         "message", msg);
-
-    } else {
-        err = json_pack("{s:o,s:s,s:s?,s:s?}", "message", msg,
-                        "type", type ? type
-                                     : ngx_http_dsv4_error_type(api, status),
-                        "param", param, "code", code);
-
-        body = err ? json_pack("{s:o}", "error", err) : NULL;
-    }
-
+    body = ngx_http_dsv4_error_json(api, status, type, message, param, code);
     if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -156,6 +156,32 @@ await attempt('openai errors', async () => {
   }
 });
 
+// errors nginx produces before the module runs (t/15-nginx-errors.t): the SDK
+// must read them as typed API errors, not fail on an HTML page
+const big = 'x'.repeat(1100 * 1024);      // over client_max_body_size (1m)
+const pad = 'p'.repeat(20000);            // over large_client_header_buffers (8k)
+async function nginxError(name, call, want) {
+  try {
+    await call();
+    check(false, `${name} throws`);
+  } catch (e) {
+    check(want(e), name, [String(e), e.status, e.error]);
+  }
+}
+await attempt('openai nginx errors', async () => {
+  await nginxError('openai: a body over client_max_body_size is a 413 APIError with code request_too_large',
+    () => openai.chat.completions.create({ model: 'demo', messages: [{ role: 'user', content: big }] }),
+    e => e instanceof OpenAI.APIError && e.status === 413 && e.code === 'request_too_large'
+         && /larger than/.test(e.message));
+  await nginxError('openai: a URI too long is a 414 APIError with code uri_too_long',
+    () => openai.models.list({ query: { pad } }),
+    e => e instanceof OpenAI.APIError && e.status === 414 && e.code === 'uri_too_long');
+  await nginxError('openai: a header too large is a BadRequestError with code bad_request',
+    () => openai.chat.completions.create({ model: 'demo', messages, max_tokens: 2 },
+                                         { headers: { 'x-pad': pad } }),
+    e => e instanceof OpenAI.BadRequestError && e.status === 400 && e.code === 'bad_request');
+});
+
 const anthropic = new Anthropic({ baseURL: base, apiKey: 'sk-ant-test', maxRetries: 0 });
 
 let agreedy;
@@ -220,6 +246,15 @@ await attempt('anthropic errors', async () => {
   } catch (e) {
     check(e instanceof Anthropic.NotFoundError && e.status === 404, 'anthropic unknown model is a NotFoundError', String(e));
   }
+  await nginxError('anthropic: a body over client_max_body_size is a 413 APIError of type request_too_large',
+    () => anthropic.messages.create({ model: 'demo', max_tokens: 2, messages: [{ role: 'user', content: big }] }),
+    e => e instanceof Anthropic.APIError && e.status === 413 && e.error?.error?.type === 'request_too_large');
+  await nginxError('anthropic: a URI too long is a 414 APIError of type invalid_request_error',
+    () => anthropic.messages.create({ model: 'demo', max_tokens: 2, messages }, { query: { pad } }),
+    e => e instanceof Anthropic.APIError && e.status === 414 && e.error?.error?.type === 'invalid_request_error');
+  await nginxError('anthropic: a header too large is a BadRequestError',
+    () => anthropic.messages.create({ model: 'demo', max_tokens: 2, messages }, { headers: { 'x-pad': pad } }),
+    e => e instanceof Anthropic.BadRequestError && e.status === 400 && e.error?.error?.type === 'invalid_request_error');
 });
 
 process.exit(failed ? 1 : 0);
