@@ -138,20 +138,37 @@ dsv4_cache_vlog(dsv4_cache_ctr *ctr, int level, const char *fmt, va_list ap)
     ctr->log(ctr->log_data, level, msg);
 }
 
+/*
+ * Counts a failure of kind e and logs it, at most one line per kind per
+ * DSV4_CACHE_LOG_EVERY_MS (an outage fails every lookup); the next line
+ * says how many were not logged in between.  Any thread.
+ */
 void
 dsv4_cache_fail(dsv4_cache_ctr *ctr, int e, const char *fmt, ...)
 {
-    int64_t now = dsv4_cache_now_ms(), last = atomic_load(&ctr->last_log_ms[e]);
-    va_list ap;
+    int64_t  now = dsv4_cache_now_ms(), last = atomic_load(&ctr->last_log_ms[e]);
+    uint64_t unlogged;
+    char     msg[512], line[600];
+    va_list  ap;
 
     atomic_fetch_add(&ctr->errors[e], 1);
-    if ((last != 0 && now - last < 1000)
+    if ((last != 0 && now - last < DSV4_CACHE_LOG_EVERY_MS)
         || !atomic_compare_exchange_strong(&ctr->last_log_ms[e], &last, now ? now : 1)) {
-        return;             /* logged this kind less than a second ago */
+        atomic_fetch_add(&ctr->unlogged[e], 1);
+        return;
+    }
+    if (ctr->log == NULL) {
+        return;
     }
     va_start(ap, fmt);
-    dsv4_cache_vlog(ctr, DSV4_CACHE_LOG_WARN, fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    unlogged = atomic_exchange(&ctr->unlogged[e], 0);
+    if (unlogged > 0) {
+        snprintf(line, sizeof(line), "%s (%llu more like this in the last %lld s not logged)",
+                 msg, (unsigned long long) unlogged, (long long) (now - last + 500) / 1000);
+    }
+    ctr->log(ctr->log_data, DSV4_CACHE_LOG_WARN, unlogged > 0 ? line : msg);
 }
 
 void

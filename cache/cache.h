@@ -118,6 +118,8 @@ typedef struct {
 
 #define DSV4_CACHE_LOG_WARN 1
 #define DSV4_CACHE_LOG_INFO 2
+/* failures are logged once per kind per interval, with a count of the rest */
+#define DSV4_CACHE_LOG_EVERY_MS 10000
 
 typedef struct {
     /* keys */

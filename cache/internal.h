@@ -113,6 +113,7 @@ typedef struct {
     atomic_uint_fast64_t redis_calls, redis_usec_sum, redis_usec_max;
     atomic_uint_fast64_t redis_latency[DSV4_CACHE_NLAT];
     atomic_int_fast64_t  last_log_ms[DSV4_CACHE_NERRORS];  /* rate limit per kind */
+    atomic_uint_fast64_t unlogged[DSV4_CACHE_NERRORS];     /* since that line */
     void               (*log)(void *data, int level, const char *msg);
     void                *log_data;
 } dsv4_cache_ctr;

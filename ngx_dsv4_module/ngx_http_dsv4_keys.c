@@ -378,8 +378,9 @@ ngx_http_dsv4_auth_redis_done(redisReply *reply, void *data)
         rc = ngx_http_dsv4_auth_fail(r, ctx, 0);
 
     } else {
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "dsv4: key record in redis is malformed: %s", err);
+        ngx_http_dsv4_log_fault(NGX_LOG_ERR, c->log, "keys malformed record",
+                                "dsv4: key record in redis is malformed: %s",
+                                err);
         rc = ngx_http_dsv4_send_error(r, ctx->api,
                                       NGX_HTTP_INTERNAL_SERVER_ERROR,
                                       "the API key's record is malformed",

@@ -23,7 +23,6 @@
 
 
 #define NGX_HTTP_DSV4_LEASE_HOST_MAX   24
-#define NGX_HTTP_DSV4_LIMIT_WARN_EVERY 10       /* s between [warn]s */
 
 
 static ngx_int_t ngx_http_dsv4_limit_init_zone(ngx_shm_zone_t *shm_zone,
@@ -843,27 +842,26 @@ ngx_http_dsv4_limit_failure(ngx_http_dsv4_lim_t *lim, const char *what,
     const char *why)
 {
     ngx_http_dsv4_limit_zone_t  *z = lim->zone;
+    u_char                       cause[96];
 
     (void) ngx_atomic_fetch_add(z->redis ? &z->sh->redis_failures
                                          : &z->sh->zone_full, 1);
 
     /* one [warn] per interval per worker, not one per request */
 
-    if (ngx_time() - z->warned < NGX_HTTP_DSV4_LIMIT_WARN_EVERY) {
-        return;
-    }
-
-    z->warned = ngx_time();
+    (void) ngx_snprintf(cause, sizeof(cause) - 1, "limit zone %V %s%Z",
+                        &z->name, what);
 
     if (z->redis) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "dsv4: limit zone \"%V\": redis %V: %s failed (%s)",
-                      &z->name, &lim->redis->addr, what, why);
+        ngx_http_dsv4_log_fault(NGX_LOG_WARN, ngx_cycle->log, (char *) cause,
+                                "dsv4: limit zone \"%V\": redis %V: %s "
+                                "failed (%s)", &z->name, &lim->redis->addr,
+                                what, why);
 
     } else {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "dsv4: limit zone \"%V\": %s failed (%s)",
-                      &z->name, what, why);
+        ngx_http_dsv4_log_fault(NGX_LOG_WARN, ngx_cycle->log, (char *) cause,
+                                "dsv4: limit zone \"%V\": %s failed (%s)",
+                                &z->name, what, why);
     }
 }
 

@@ -128,7 +128,6 @@ typedef struct {
     ngx_event_t                 timer;          /* oldest command's timeout */
     ngx_event_t                 reconnect;
     ngx_msec_t                  backoff;
-    time_t                      warned;         /* last [warn], seconds */
     ngx_log_t                  *log;
     char                        sha[NGX_HTTP_DSV4_SCRIPTS][41];
 } ngx_http_dsv4_redis_t;
@@ -186,7 +185,6 @@ typedef struct {
     ngx_msec_t                  lease;
     ngx_http_dsv4_limit_sh_t   *sh;
     ngx_slab_pool_t            *shpool;
-    time_t                      warned;         /* per worker: last [warn] */
 } ngx_http_dsv4_limit_zone_t;
 
 
@@ -510,6 +508,11 @@ json_t *ngx_http_dsv4_error_json(ngx_uint_t api, ngx_uint_t status,
     const char *code);
 const char *ngx_http_dsv4_error_type(ngx_uint_t api, ngx_uint_t status);
 
+/* ngx_http_dsv4_log.c: fault lines, one per cause per interval */
+#define NGX_HTTP_DSV4_LOG_EVERY   10        /* seconds */
+void ngx_http_dsv4_log_fault(ngx_uint_t level, ngx_log_t *log,
+    const char *cause, const char *fmt, ...);
+
 /* ngx_http_dsv4_errors.c */
 ngx_int_t ngx_http_dsv4_errors_init(ngx_conf_t *cf);
 void ngx_http_dsv4_watch_body_timeout(ngx_http_request_t *r,
@@ -594,7 +597,6 @@ ngx_int_t ngx_http_dsv4_redis_parse(ngx_conf_t *cf, ngx_str_t *addr,
     ngx_http_dsv4_redis_t *rd);
 void ngx_http_dsv4_redis_start(ngx_http_dsv4_redis_t *rd, ngx_log_t *log);
 void ngx_http_dsv4_redis_stop(ngx_http_dsv4_redis_t *rd);
-ngx_uint_t ngx_http_dsv4_redis_warn_due(ngx_http_dsv4_redis_t *rd);
 ngx_int_t ngx_http_dsv4_redis_send(ngx_http_dsv4_redis_t *rd, int argc,
     const char **argv, const size_t *argvlen,
     ngx_http_dsv4_redis_handler_pt handler, void *data);

@@ -20,7 +20,7 @@
 
 #define NGX_HTTP_DSV4_REDIS_BACKOFF_MIN   100       /* ms */
 #define NGX_HTTP_DSV4_REDIS_BACKOFF_MAX   5000
-#define NGX_HTTP_DSV4_REDIS_WARN_EVERY    10        /* s between [warn]s */
+#define NGX_HTTP_DSV4_ADDR_CAUSE          160       /* "redis ADDR kind" */
 
 
 /* One command in flight; hiredis answers them in the order they were sent. */
@@ -34,6 +34,8 @@ typedef struct {
 } ngx_http_dsv4_redis_cmd_t;
 
 
+static void ngx_http_dsv4_redis_warn(ngx_http_dsv4_redis_t *rd,
+    const char *kind, const char *why, size_t len);
 static void ngx_http_dsv4_redis_connect(ngx_http_dsv4_redis_t *rd);
 static void ngx_http_dsv4_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_dsv4_redis_timeout_handler(ngx_event_t *ev);
@@ -139,20 +141,22 @@ ngx_http_dsv4_redis_stop(ngx_http_dsv4_redis_t *rd)
 
 
 /*
- * Whether a failure should be logged now: at most one [warn] per interval
- * per worker, so that a Redis outage under load does not flood the log.
+ * A failure's [warn]: one per kind and server per interval per worker, so
+ * that a Redis outage under load does not flood the log.
  */
 
-ngx_uint_t
-ngx_http_dsv4_redis_warn_due(ngx_http_dsv4_redis_t *rd)
+static void
+ngx_http_dsv4_redis_warn(ngx_http_dsv4_redis_t *rd, const char *kind,
+    const char *why, size_t len)
 {
-    if (ngx_time() - rd->warned < NGX_HTTP_DSV4_REDIS_WARN_EVERY) {
-        return 0;
-    }
+    u_char  cause[NGX_HTTP_DSV4_ADDR_CAUSE];
 
-    rd->warned = ngx_time();
+    (void) ngx_snprintf(cause, sizeof(cause) - 1, "redis %V %s%Z", &rd->addr,
+                        kind);
 
-    return 1;
+    ngx_http_dsv4_log_fault(NGX_LOG_WARN, rd->log, (char *) cause,
+                            "dsv4: redis %V: %s: %*s", &rd->addr, kind, len,
+                            why);
 }
 
 
@@ -293,11 +297,8 @@ ngx_http_dsv4_redis_on_connect(const redisAsyncContext *ac, int status)
 
         /* hiredis frees the context after this: forget it */
 
-        if (ngx_http_dsv4_redis_warn_due(rd)) {
-            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                          "dsv4: redis %V: cannot connect: %s",
-                          &rd->addr, ac->errstr);
-        }
+        ngx_http_dsv4_redis_warn(rd, "cannot connect", ac->errstr,
+                                 ngx_strlen(ac->errstr));
 
         rd->ac = NULL;
         ngx_http_dsv4_redis_lost(rd, NULL);
@@ -344,11 +345,9 @@ ngx_http_dsv4_redis_connect(ngx_http_dsv4_redis_t *rd)
     }
 
     if (ac == NULL || ac->err) {
-        if (ngx_http_dsv4_redis_warn_due(rd)) {
-            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                          "dsv4: redis %V: cannot connect: %s", &rd->addr,
-                          ac ? ac->errstr : "out of memory");
-        }
+        ngx_http_dsv4_redis_warn(rd, "cannot connect",
+                                 ac ? ac->errstr : "out of memory",
+                                 ngx_strlen(ac ? ac->errstr : "out of memory"));
 
         if (ac) {
             redisAsyncFree(ac);
@@ -435,9 +434,8 @@ ngx_http_dsv4_redis_lost(ngx_http_dsv4_redis_t *rd, const char *why)
 
     rd->connected = 0;
 
-    if (why && ngx_http_dsv4_redis_warn_due(rd)) {
-        ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                      "dsv4: redis %V: connection lost: %s", &rd->addr, why);
+    if (why) {
+        ngx_http_dsv4_redis_warn(rd, "connection lost", why, ngx_strlen(why));
     }
 
     if (rd->timer.timer_set) {
@@ -650,11 +648,12 @@ ngx_http_dsv4_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
         ngx_memcpy(rd->sha[i], reply->str, 40);
         rd->sha[i][40] = '\0';
 
-    } else if (reply && ngx_http_dsv4_redis_warn_due(rd)) {
-        ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                      "dsv4: redis %V: SCRIPT LOAD failed: %*s", &rd->addr,
-                      reply->type == REDIS_REPLY_ERROR ? reply->len : 0,
-                      reply->str);
+    } else if (reply) {
+        ngx_http_dsv4_redis_warn(rd, "SCRIPT LOAD failed",
+                                 reply->type == REDIS_REPLY_ERROR
+                                 ? reply->str : "",
+                                 reply->type == REDIS_REPLY_ERROR
+                                 ? reply->len : 0);
     }
 
     ngx_free(cmd);

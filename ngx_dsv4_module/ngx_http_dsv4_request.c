@@ -1153,6 +1153,7 @@ ngx_http_dsv4_send_error_typed(ngx_http_request_t *r, ngx_uint_t api,
     const char                *allow;
     ngx_uint_t                 level;
     ngx_http_dsv4_loc_conf_t  *dlcf;
+    u_char                     cause[64];
 
     level = status >= 500 ? (status == 503 ? NGX_LOG_WARN : NGX_LOG_ERR)
                           : NGX_LOG_INFO;
@@ -1161,9 +1162,18 @@ ngx_http_dsv4_send_error_typed(ngx_http_request_t *r, ngx_uint_t api,
         level = NGX_LOG_INFO;
     }
 
-    ngx_log_error(level, r->connection->log, 0, "dsv4: %ui %s%s%s",
-                  status, message, param ? ", param: " : "",
-                  param ? param : "");
+    if (level == NGX_LOG_INFO) {
+        ngx_log_error(level, r->connection->log, 0, "dsv4: %ui %s%s%s",
+                      status, message, param ? ", param: " : "",
+                      param ? param : "");
+
+    } else {
+        /* faults come in bursts (an outage refuses every request) */
+        (void) ngx_snprintf(cause, sizeof(cause) - 1, "http %ui %s%Z", status,
+                            code ? code : message);
+        ngx_http_dsv4_log_fault(level, r->connection->log, (char *) cause,
+                                "dsv4: %ui %s", status, message);
+    }
 
     ngx_http_dsv4_metrics_status(api, status);
 
@@ -1390,9 +1400,9 @@ ngx_http_dsv4_timeout(ngx_event_t *ev)
     ctx->error = 1;
 
     if (ctx->header_sent) {
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "dsv4: no progress from the engine for %M ms",
-                      ctx->dlcf->timeout);
+        ngx_http_dsv4_log_fault(NGX_LOG_ERR, c->log, "engine timeout",
+                                "dsv4: no progress from the engine for %M ms",
+                                ctx->dlcf->timeout);
         ngx_http_dsv4_stream_error(ctx, "the engine made no progress in time");
         ngx_http_dsv4_finalize(ctx, NGX_OK);
 
@@ -1643,9 +1653,11 @@ ngx_http_dsv4_choice_finish(ngx_http_dsv4_choice_t *ch, dsv4_finish fin)
             ch->finish = NGX_HTTP_DSV4_FINISH_ERROR;
 
             if (!ctx->error) {
-                ngx_log_error(NGX_LOG_ERR, ctx->request->connection->log, 0,
-                              "dsv4: engine error: %s",
-                              dsv4_request_error(ch->req));
+                ngx_http_dsv4_log_fault(NGX_LOG_ERR,
+                                        ctx->request->connection->log,
+                                        "engine error",
+                                        "dsv4: engine error: %s",
+                                        dsv4_request_error(ch->req));
             }
 
             ctx->error = 1;
