@@ -7,44 +7,57 @@
 #   tests/unit/NAME.c               -> build/tests/NAME    (C unit tests)
 #   bench/NAME.c                    -> build/bench/NAME    (benchmark binaries)
 
+# make SAN=1: the library and the unit tests built with ASan + UBSan into
+# build/san/ (tests/scripts/test_sanitizers runs them); nothing else.
+ifeq ($(SAN),1)
+B       := build/san
+CC      := clang-14
+OPT     := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+           -fno-sanitize-recover=undefined
+else
+B       := build
 CC      ?= cc
 OPT     ?= -O2
+endif
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=gnu11 -fPIC -pthread -W -Wall -Wextra -Wpointer-arith \
            -Wno-unused-parameter -Werror -I. -iquote engine -iquote kernels
 LDLIBS  += -ljansson -lpcre2-8 -lhiredis -lmsgpackc -lm -lpthread
 
 LIB_SRCS   := $(sort $(wildcard engine/*.c kernels/cpu/*.c cache/*.c limits/*.c))
-LIB_OBJS   := $(LIB_SRCS:%.c=build/obj/%.o)
-TOOLS      := $(patsubst engine/cli/%.c,build/%,$(wildcard engine/cli/*.c))
-UNIT_TESTS := $(patsubst tests/unit/%.c,build/tests/%,$(wildcard tests/unit/*.c))
-BENCHES    := $(patsubst bench/%.c,build/bench/%,$(wildcard bench/*.c))
+LIB_OBJS   := $(LIB_SRCS:%.c=$(B)/obj/%.o)
+TOOLS      := $(patsubst engine/cli/%.c,$(B)/%,$(wildcard engine/cli/*.c))
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/*.c))
+BENCHES    := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
+.PHONY: all test demo clean
+ifeq ($(SAN),1)
+all: $(B)/libdsv4.a $(UNIT_TESTS)
+else
 # the nginx module (build/ngx_dsv4_module.so) and its check/serve targets
 include ngx_dsv4_module/module.mk
 .DEFAULT_GOAL := all
+all: $(B)/libdsv4.a $(TOOLS) $(UNIT_TESTS) $(BENCHES) $(NGX_MOD_SO)
+endif
 
-.PHONY: all test demo clean
-all: build/libdsv4.a $(TOOLS) $(UNIT_TESTS) $(BENCHES) $(NGX_MOD_SO)
-
-build/obj/%.o: %.c
+$(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-build/libdsv4.a: $(LIB_OBJS)
+$(B)/libdsv4.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-build/%: engine/cli/%.c build/libdsv4.a
-	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ build/libdsv4.a $(LDLIBS)
+$(B)/%: engine/cli/%.c $(B)/libdsv4.a
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ $(B)/libdsv4.a $(LDLIBS)
 
-build/tests/%: tests/unit/%.c build/libdsv4.a
+$(B)/tests/%: tests/unit/%.c $(B)/libdsv4.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ build/libdsv4.a $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ $(B)/libdsv4.a $(LDLIBS)
 
-build/bench/%: bench/%.c build/libdsv4.a
+$(B)/bench/%: bench/%.c $(B)/libdsv4.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ build/libdsv4.a $(LDLIBS)
+	$(CC) $(CFLAGS) -MMD -MP -MF $@.d $< -o $@ $(B)/libdsv4.a $(LDLIBS)
 
 test: all
 	tests/run
@@ -55,4 +68,4 @@ demo: all
 clean:
 	rm -rf build
 
--include $(LIB_OBJS:.o=.d) $(wildcard build/*.d build/tests/*.d build/bench/*.d)
+-include $(LIB_OBJS:.o=.d) $(wildcard $(B)/*.d $(B)/tests/*.d $(B)/bench/*.d)

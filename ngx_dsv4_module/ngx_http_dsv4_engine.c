@@ -523,42 +523,6 @@ ngx_http_dsv4_all_ready(ngx_http_dsv4_main_conf_t *dmcf)
 }
 
 
-ngx_http_dsv4_model_t *
-ngx_http_dsv4_find_model(ngx_http_dsv4_main_conf_t *dmcf, const char *name,
-    size_t len, ngx_int_t *thinking)
-{
-    ngx_uint_t              i, j;
-    ngx_http_dsv4_alias_t  *alias;
-    ngx_http_dsv4_model_t  *m;
-
-    m = dmcf->models.elts;
-
-    for (i = 0; i < dmcf->models.nelts; i++) {
-
-        if (m[i].name.len == len
-            && ngx_strncmp(m[i].name.data, name, len) == 0)
-        {
-            *thinking = m[i].thinking;
-            return &m[i];
-        }
-
-        alias = m[i].aliases.elts;
-
-        for (j = 0; j < m[i].aliases.nelts; j++) {
-            if (alias[j].name.len == len
-                && ngx_strncmp(alias[j].name.data, name, len) == 0)
-            {
-                *thinking = alias[j].thinking >= 0 ? alias[j].thinking
-                                                   : m[i].thinking;
-                return &m[i];
-            }
-        }
-    }
-
-    return NULL;
-}
-
-
 void
 ngx_http_dsv4_engine_exit(ngx_cycle_t *cycle)
 {

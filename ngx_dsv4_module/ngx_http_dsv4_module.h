@@ -482,9 +482,6 @@ extern ngx_module_t  ngx_http_dsv4_module;
 ngx_int_t ngx_http_dsv4_engine_init(ngx_cycle_t *cycle);
 void ngx_http_dsv4_engine_exit(ngx_cycle_t *cycle);
 ngx_uint_t ngx_http_dsv4_all_ready(ngx_http_dsv4_main_conf_t *dmcf);
-ngx_http_dsv4_model_t *ngx_http_dsv4_find_model(
-    ngx_http_dsv4_main_conf_t *dmcf, const char *name, size_t len,
-    ngx_int_t *thinking);
 double ngx_http_dsv4_now(void);
 
 /* ngx_http_dsv4_request.c */
@@ -528,7 +525,10 @@ void ngx_http_dsv4_finalize(ngx_http_dsv4_ctx_t *ctx, ngx_int_t rc);
 void ngx_http_dsv4_random_id(u_char *dst, const char *prefix, size_t n);
 ngx_uint_t ngx_http_dsv4_cached_tokens(ngx_http_dsv4_ctx_t *ctx);
 
-/* ngx_http_dsv4_prepare.c */
+/* ngx_http_dsv4_prepare.c: no nginx runtime (thread pool, fuzz_request) */
+ngx_http_dsv4_model_t *ngx_http_dsv4_find_model(
+    ngx_http_dsv4_main_conf_t *dmcf, const char *name, size_t len,
+    ngx_int_t *thinking);
 void ngx_http_dsv4_prepare(ngx_http_dsv4_prep_t *prep);
 void ngx_http_dsv4_prep_free(ngx_http_dsv4_prep_t *prep);
 ngx_uint_t ngx_http_dsv4_prep_prompt_tokens(ngx_http_dsv4_prep_t *prep);
@@ -541,9 +541,11 @@ ngx_int_t ngx_http_dsv4_openai_done(ngx_http_dsv4_ctx_t *ctx);
 ngx_int_t ngx_http_dsv4_openai_start(ngx_http_dsv4_ctx_t *ctx);
 void ngx_http_dsv4_stream_error(ngx_http_dsv4_ctx_t *ctx, const char *msg);
 
-/* ngx_http_dsv4_anthropic.c */
+/* ngx_http_dsv4_anthropic_request.c */
 json_t *ngx_http_dsv4_anthropic_to_openai(json_t *in, char *err,
     size_t errlen, const char **param);
+
+/* ngx_http_dsv4_anthropic.c */
 void ngx_http_dsv4_anthropic_event(ngx_http_dsv4_choice_t *ch,
     const dsv4_event *ev);
 void ngx_http_dsv4_anthropic_choice_done(ngx_http_dsv4_choice_t *ch);
