@@ -118,7 +118,7 @@ typedef struct {
     void                *log_data;
 } dsv4_cache_ctr;
 
-/* Counts one error of kind e and logs fmt (at most once a second per kind). */
+/* Counts one error of kind e and logs fmt (once per kind per DSV4_CACHE_LOG_EVERY_MS). */
 void dsv4_cache_fail(dsv4_cache_ctr *ctr, int e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void dsv4_cache_info(dsv4_cache_ctr *ctr, const char *fmt, ...)

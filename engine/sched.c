@@ -8,9 +8,14 @@
  * prefill_chunk tokens until max_batch_tokens rows are used — run it with
  * dsv4_forward_batch, sample, and post the new tokens.
  *
- * Locking: sched->mu guards the waiting queue, the ready list and the
- * counters; each request's mu guards its mailbox.  Engine threads never hold
- * a lock during a forward pass.
+ * With a prefix cache, a submitted request first goes through the restore
+ * queue: the scheduler's restore thread allocates its sequence and restores
+ * the cached prefix into it (which may wait on Redis), then queues it for
+ * admission, so no engine step ever waits on the cache's I/O.
+ *
+ * Locking: sched->mu guards both queues, the ready list and the counters;
+ * each request's mu guards its mailbox.  Engine threads never hold a lock
+ * during a forward pass, the restore thread none during a restore.
  */
 #include <errno.h>
 #include <math.h>
@@ -50,10 +55,10 @@ struct dsv4_request {
     double              t_submit, t_start, t_first;
     void               *data;
     /* sched->mu */
-    dsv4_request       *next_wait;
+    dsv4_request       *next_wait;     /* on the waiting or the restore queue */
     dsv4_request       *next_ready;
     int                 in_ready;
-    int                 queued;        /* on the waiting queue */
+    int                 queued;        /* DSV4_QUEUED_* */
     /* engine thread only */
     dsv4_seq           *seq;
     dsv4_sampler       *sampler;
@@ -79,13 +84,22 @@ typedef struct {
     dsv4_token_logprob *top;           /* [20] top logprobs of the token being sampled */
 } dsv4_engine;
 
+/* where a request waits (dsv4_request.queued) */
+#define DSV4_QUEUED_NO      0
+#define DSV4_QUEUED_WAIT    1     /* for an engine slot */
+#define DSV4_QUEUED_RESTORE 2     /* for the restore thread */
+
 struct dsv4_sched {
     const dsv4_model *m;
     dsv4_sched_conf   conf;
     pthread_mutex_t   mu;
     pthread_cond_t    cv;
     dsv4_request     *wait_head, *wait_tail;
-    int               nwaiting;
+    dsv4_request     *restore_head, *restore_tail;   /* conf.cache only */
+    pthread_cond_t    restore_cv;
+    pthread_t         restorer;
+    int               restorer_started;
+    int               nwaiting;        /* on either queue, or being restored */
     int               nrunning;
     dsv4_request     *ready_head, *ready_tail;
     int               efd;
@@ -184,6 +198,50 @@ dsv4_request_release(dsv4_request *r)
 static void dsv4_sched_mark_ready(dsv4_sched *s, dsv4_request *r);
 static void dsv4_sched_wake(dsv4_sched *s);
 
+/* ---- the two queues (sched->mu held), linked through next_wait --------- */
+
+static void
+dsv4_queue_push(dsv4_request **head, dsv4_request **tail, dsv4_request *r)
+{
+    r->next_wait = NULL;
+    if (*tail != NULL) {
+        (*tail)->next_wait = r;
+    } else {
+        *head = r;
+    }
+    *tail = r;
+}
+
+static dsv4_request *
+dsv4_queue_pop(dsv4_request **head, dsv4_request **tail)
+{
+    dsv4_request *r = *head;
+
+    if (r != NULL) {
+        *head = r->next_wait;
+        if (*head == NULL) {
+            *tail = NULL;
+        }
+    }
+    return r;
+}
+
+/* r must be on the queue */
+static void
+dsv4_queue_remove(dsv4_request **head, dsv4_request **tail, dsv4_request *r)
+{
+    dsv4_request **pp = head, *prev = NULL;
+
+    while (*pp != r) {
+        prev = *pp;
+        pp = &(*pp)->next_wait;
+    }
+    *pp = r->next_wait;
+    if (*tail == r) {
+        *tail = prev;
+    }
+}
+
 void
 dsv4_request_cancel(dsv4_request *r)
 {
@@ -194,18 +252,15 @@ dsv4_request_cancel(dsv4_request *r)
         return;
     }
     pthread_mutex_lock(&s->mu);
-    if (r->queued) {
-        /* never started: leave the queue now rather than at admission */
-        dsv4_request **pp = &s->wait_head, *prev = NULL;
-        while (*pp != r) {
-            prev = *pp;
-            pp = &(*pp)->next_wait;
+    if (r->queued != DSV4_QUEUED_NO) {
+        /* never started: leave the queue now rather than at admission (one
+         * being restored goes on to admission, which finishes it) */
+        if (r->queued == DSV4_QUEUED_WAIT) {
+            dsv4_queue_remove(&s->wait_head, &s->wait_tail, r);
+        } else {
+            dsv4_queue_remove(&s->restore_head, &s->restore_tail, r);
         }
-        *pp = r->next_wait;
-        if (s->wait_tail == r) {
-            s->wait_tail = prev;
-        }
-        r->queued = 0;
+        r->queued = DSV4_QUEUED_NO;
         s->nwaiting--;
         pthread_mutex_lock(&r->mu);
         r->finish = DSV4_FINISH_CANCELLED;
@@ -383,7 +438,7 @@ done:
 /* ---- engine thread ----------------------------------------------------- */
 
 /* prefix cache hooks (defined at the end of the file) */
-static void dsv4_engine_cache_restore(dsv4_sched *s, dsv4_request *r);
+static void *dsv4_restorer_main(void *arg);
 static int  dsv4_engine_cache_clip(dsv4_request *r, int n);
 static void dsv4_engine_cache_capture(dsv4_request *r);
 
@@ -417,6 +472,15 @@ dsv4_engine_finish(dsv4_engine *e, int i, dsv4_finish why, const char *msg)
     dsv4_request_release(r);          /* the scheduler's ref */
 }
 
+/* The sequence of r: its prompt and completion, within max_ctx. */
+static dsv4_seq *
+dsv4_request_seq_new(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen)
+{
+    int ctx = r->p.n_prompt + r->p.max_tokens;
+
+    return dsv4_seq_new(s->m, ctx < s->conf.max_ctx ? ctx : s->conf.max_ctx, err, errlen);
+}
+
 /* Moves waiting requests into the running batch (sched->mu held on entry
  * and exit; released around the allocations). */
 static void
@@ -425,14 +489,10 @@ dsv4_engine_admit(dsv4_engine *e)
     dsv4_sched *s = e->s;
 
     while (e->nrunning < s->conf.max_seqs && s->wait_head != NULL) {
-        dsv4_request *r = s->wait_head;
+        dsv4_request *r = dsv4_queue_pop(&s->wait_head, &s->wait_tail);
         char          err[256];
 
-        s->wait_head = r->next_wait;
-        if (s->wait_head == NULL) {
-            s->wait_tail = NULL;
-        }
-        r->queued = 0;
+        r->queued = DSV4_QUEUED_NO;
         s->nwaiting--;
         s->nrunning++;
         pthread_mutex_unlock(&s->mu);
@@ -443,9 +503,9 @@ dsv4_engine_admit(dsv4_engine *e)
             pthread_mutex_lock(&s->mu);
             continue;
         }
-        int ctx = r->p.n_prompt + r->p.max_tokens;
-        r->seq = dsv4_seq_new(s->m, ctx < s->conf.max_ctx ? ctx : s->conf.max_ctx, err,
-                              sizeof(err));
+        if (r->seq == NULL) {           /* the restore thread's may have failed */
+            r->seq = dsv4_request_seq_new(s, r, err, sizeof(err));
+        }
         r->sampler = dsv4_sampler_new(dsv4_model_config(s->m)->vocab_size, &r->p.sample);
         pthread_mutex_lock(&r->mu);
         r->t_start = dsv4_now();
@@ -456,7 +516,6 @@ dsv4_engine_admit(dsv4_engine *e)
                                r->seq == NULL ? err : "out of memory for the sampler");
         } else {
             dsv4_sampler_accept_prompt(r->sampler, r->prompt, r->p.n_prompt);
-            dsv4_engine_cache_restore(s, r);
         }
         pthread_mutex_lock(&s->mu);
     }
@@ -645,6 +704,7 @@ dsv4_sched_new(const dsv4_model *m, const dsv4_sched_conf *conf, char *err, size
     s->conf = *conf;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_cond_init(&s->restore_cv, NULL);
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     s->engines = calloc((size_t) conf->n_engines, sizeof(*s->engines));
     if (s->efd < 0 || s->engines == NULL) {
@@ -678,6 +738,14 @@ dsv4_sched_new(const dsv4_model *m, const dsv4_sched_conf *conf, char *err, size
         }
         e->started = 1;
     }
+    if (conf->cache != NULL) {
+        if (pthread_create(&s->restorer, NULL, dsv4_restorer_main, s) != 0) {
+            dsv4_error(err, errlen, "cannot start the restore thread");
+            dsv4_sched_free(s);
+            return NULL;
+        }
+        s->restorer_started = 1;
+    }
     return s;
 }
 
@@ -690,7 +758,11 @@ dsv4_sched_free(dsv4_sched *s)
     pthread_mutex_lock(&s->mu);
     s->stop = 1;
     pthread_cond_broadcast(&s->cv);
+    pthread_cond_broadcast(&s->restore_cv);
     pthread_mutex_unlock(&s->mu);
+    if (s->restorer_started) {
+        pthread_join(s->restorer, NULL);    /* after its restore in progress */
+    }
     for (int i = 0; s->engines != NULL && i < s->conf.n_engines; i++) {
         dsv4_engine *e = &s->engines[i];
         if (e->started) {
@@ -705,9 +777,10 @@ dsv4_sched_free(dsv4_sched *s)
     }
     /* waiting requests never ran: they finish cancelled; every queued
      * notification's ref is dropped since nobody will drain them */
-    while (s->wait_head != NULL) {
-        dsv4_request *r = s->wait_head;
-        s->wait_head = r->next_wait;
+    while (s->wait_head != NULL || s->restore_head != NULL) {
+        dsv4_request *r = s->wait_head != NULL
+                          ? dsv4_queue_pop(&s->wait_head, &s->wait_tail)
+                          : dsv4_queue_pop(&s->restore_head, &s->restore_tail);
         pthread_mutex_lock(&r->mu);
         r->finish = DSV4_FINISH_CANCELLED;
         pthread_mutex_unlock(&r->mu);
@@ -725,6 +798,7 @@ dsv4_sched_free(dsv4_sched *s)
         close(s->efd);
     }
     free(s->engines);
+    pthread_cond_destroy(&s->restore_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -781,18 +855,18 @@ dsv4_sched_submit(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen)
         return DSV4_SCHED_EFULL;
     }
     r->sched = s;
-    r->queued = 1;
     r->t_submit = dsv4_now();
-    atomic_fetch_add(&r->refs, 1);
-    r->next_wait = NULL;
-    if (s->wait_tail) {
-        s->wait_tail->next_wait = r;
+    atomic_fetch_add(&r->refs, 1);      /* the queue's */
+    if (s->conf.cache != NULL) {
+        r->queued = DSV4_QUEUED_RESTORE;
+        dsv4_queue_push(&s->restore_head, &s->restore_tail, r);
+        pthread_cond_signal(&s->restore_cv);
     } else {
-        s->wait_head = r;
+        r->queued = DSV4_QUEUED_WAIT;
+        dsv4_queue_push(&s->wait_head, &s->wait_tail, r);
+        pthread_cond_signal(&s->cv);
     }
-    s->wait_tail = r;
     s->nwaiting++;
-    pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;
 }
@@ -803,9 +877,10 @@ dsv4_sched_submit(dsv4_sched *s, dsv4_request *r, char *err, size_t errlen)
  * prefix of its prompt into its sequence (prefill starts there), its
  * prefill chunks stop at the cache's capture points, and at each one the
  * state is handed to the cache's writer thread (a copy; nothing waits on
- * the tiers).  The restore runs on this engine thread and may wait on Redis
- * up to the cache's timeout per round trip: the engine's batch pauses that
- * long, other engines do not.
+ * the tiers).  The restore runs on the restore thread before admission and
+ * may wait on Redis up to the cache's timeout per round trip: that request
+ * waits, and the requests behind it in the restore queue; running batches
+ * do not.
  */
 
 int
@@ -834,17 +909,19 @@ dsv4_request_cached_tokens(dsv4_request *r)
     return n;
 }
 
+/* Allocates r's sequence and restores its cached prefix into it (restore
+ * thread; r is on no queue meanwhile).  Trouble means fewer cached tokens:
+ * no sequence leaves it to admission, which allocates again or fails it. */
 static void
-dsv4_engine_cache_restore(dsv4_sched *s, dsv4_request *r)
+dsv4_restore(dsv4_sched *s, dsv4_request *r)
 {
-    int P;
+    char err[256];
+    int  P;
 
-    if (s->conf.cache == NULL) {
-        return;
-    }
+    r->seq = dsv4_request_seq_new(s, r, err, sizeof(err));
     r->cache_req = dsv4_cache_req_new(s->conf.cache, r->prompt, r->p.n_prompt, r->cache_salt,
                                       r->cache_salt_len);
-    if (r->cache_req == NULL) {
+    if (r->seq == NULL || r->cache_req == NULL) {
         return;                         /* out of memory: uncached (counted) */
     }
     P = dsv4_cache_restore(r->cache_req, r->seq);
@@ -852,6 +929,37 @@ dsv4_engine_cache_restore(dsv4_sched *s, dsv4_request *r)
     pthread_mutex_lock(&r->mu);
     r->cached = P;
     pthread_mutex_unlock(&r->mu);
+}
+
+/* The restore thread: one request at a time from the restore queue to the
+ * waiting queue.  A request cancelled meanwhile skips its restore;
+ * admission finishes it. */
+static void *
+dsv4_restorer_main(void *arg)
+{
+    dsv4_sched *s = arg;
+
+    pthread_mutex_lock(&s->mu);
+    for ( ;; ) {
+        while (!s->stop && s->restore_head == NULL) {
+            pthread_cond_wait(&s->restore_cv, &s->mu);
+        }
+        if (s->stop) {
+            break;
+        }
+        dsv4_request *r = dsv4_queue_pop(&s->restore_head, &s->restore_tail);
+        r->queued = DSV4_QUEUED_NO;
+        pthread_mutex_unlock(&s->mu);
+        if (!atomic_load(&r->cancelled)) {
+            dsv4_restore(s, r);
+        }
+        pthread_mutex_lock(&s->mu);
+        r->queued = DSV4_QUEUED_WAIT;
+        dsv4_queue_push(&s->wait_head, &s->wait_tail, r);
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
 }
 
 /* A prefill chunk of n tokens at r->fed, shortened to end at the next

@@ -473,7 +473,8 @@ sub open_stream {
     cmp_ok($B->metric_sum('dsv4:limit_redis_failures_total') // 0, '>=', 10, 'B too');
     my $w = grep { /\[warn\]/ && /redis|limit/i } split /\n/, $A->read_file('error.log');
     cmp_ok($w, '>=', 1, 'a [warn] in error.log');
-    cmp_ok($w, '<=', 4, "not one per request ($w for 10 requests to 2 workers)");
+    # one line per cause (connect, connection lost, the zone) per worker
+    cmp_ok($w, '<=', 6, "not one per request ($w for 10 requests to 2 workers)");
 
     my $r = chat($A, 'fo', max_tokens => 1, path => '/closed/v1/chat/completions');
     is($r->{status}, 503, 'dsv4_limit_fail closed: 503');
